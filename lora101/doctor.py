@@ -1,0 +1,230 @@
+"""``lora101 doctor``: tell a learner the truth about this machine, and what to do about it.
+
+Every check runs something real (the 4-bit check quantises a layer and runs it); the exit status is
+non-zero when something a lesson needs is missing or broken.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import sys
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+# The combination this course is tested with; constraints.txt pins the same versions (a test checks
+# that they agree). bitsandbytes, peft and transformers are the ones that break each other silently.
+TESTED = {
+    "torch": "2.13.0",
+    "transformers": "5.23.0",
+    "peft": "0.21.2",
+    "bitsandbytes": "0.50.2",
+    "accelerate": "1.15.0",
+    "datasets": "5.2.0",
+    "gguf": "0.19.0",
+    "jupyterlab": "4.6.6",
+    "ipywidgets": "8.1.9",
+    "nbgrader": "0.9.6",
+    "nbval": "0.11.0",
+}
+# Below these a lesson is known not to work (they match pyproject.toml's lower bounds).
+MINIMUM = {
+    "torch": "2.4",
+    "transformers": "5.23",
+    "peft": "0.21",
+    "bitsandbytes": "0.50",
+    "accelerate": "1.15",
+    "datasets": "5.2",
+    "gguf": "0.19",
+    "jupyterlab": "4.2",
+    "ipywidgets": "8.1",
+    "nbgrader": "0.9.6",
+    "nbval": "0.11",
+}
+
+Status = Literal["ok", "warn", "FAIL"]
+
+
+@dataclass
+class Check:
+    name: str
+    status: Status
+    detail: str
+    fix: str = ""
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    from packaging.version import Version
+
+    return Version(text).release
+
+
+def check_python() -> Check:
+    version = platform.python_version()
+    if sys.version_info < (3, 10):
+        return Check("python", "FAIL", version, "install Python 3.10 or newer")
+    return Check("python", "ok", f"{version} ({sys.executable})")
+
+
+def check_torch() -> Check:
+    try:
+        import torch
+    except ImportError:
+        return Check("torch devices", "FAIL", "torch is not installed", "run `make setup` (see README for a CUDA build)")
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices.append(f"cuda ({torch.cuda.get_device_name(0)}, CUDA {torch.version.cuda})")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        devices.append("mps")
+    detail = f"{torch.__version__}; devices: {', '.join(devices)}"
+    if not torch.cuda.is_available():
+        detail += "; no CUDA GPU: lessons run on the CPU with smaller budgets"
+    return Check("torch devices", "ok", detail)
+
+
+def check_versions() -> list[Check]:
+    checks = []
+    for package, tested in TESTED.items():
+        try:
+            installed = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            checks.append(Check(package, "FAIL", "not installed", "run `make setup`"))
+            continue
+        base = installed.split("+")[0]
+        if _version_tuple(base) < _version_tuple(MINIMUM[package]):
+            checks.append(
+                Check(package, "FAIL", f"{installed}, older than {MINIMUM[package]}",
+                      f"pip install -c constraints.txt '{package}=={tested}'")
+            )
+        elif base != tested:
+            checks.append(
+                Check(package, "warn", f"{installed} (tested with {tested}; the combination is untested)",
+                      "pip install -c constraints.txt -e . gives the tested set")
+            )
+        else:
+            checks.append(Check(package, "ok", f"{installed} (tested)"))
+    return checks
+
+
+def check_bnb_4bit() -> Check:
+    """Quantise a real 64x128 layer to NF4 on this machine's device and run it."""
+    try:
+        import bitsandbytes as bnb
+        import bitsandbytes.functional as F
+        import torch
+
+        from lora101.models import choose_device
+
+        device = choose_device()
+        if device.type == "mps":
+            device = torch.device("cpu")
+        torch.manual_seed(0)
+        dense = torch.nn.Linear(128, 64)
+        layer = bnb.nn.Linear4bit(128, 64, compute_dtype=torch.float32, quant_type="nf4")
+        layer.weight = bnb.nn.Params4bit(
+            dense.weight.data.clone(), requires_grad=False, quant_type="nf4", compress_statistics=True
+        )
+        layer.bias = torch.nn.Parameter(dense.bias.data.clone())
+        layer = layer.to(device)
+        x = torch.randn(4, 128, device=device)
+        with torch.no_grad():
+            got = layer(x)
+            weight = F.dequantize_4bit(layer.weight.data, layer.weight.quant_state)
+            want = x @ weight.float().t() + layer.bias
+        error = (got.float() - want).abs().max().item()
+        if layer.weight.dtype != torch.uint8 or error > 1e-3:
+            return Check("bitsandbytes 4-bit", "FAIL", f"ran on {device} but gave wrong results (max error {error:.2e})",
+                         "reinstall the tested versions: pip install -c constraints.txt -e .")
+        return Check("bitsandbytes 4-bit", "ok", f"NF4 layer quantised and run on {device} (max error {error:.1e})")
+    except Exception as err:  # any failure here is exactly what the learner needs to see
+        return Check("bitsandbytes 4-bit", "FAIL", f"{type(err).__name__}: {err}",
+                     "pip install -c constraints.txt 'bitsandbytes==0.50.2'")
+
+
+def check_model() -> Check:
+    from lora101 import models
+
+    folder = models.cache_dir()
+    problem = models.verify_cache(folder)
+    if problem is None:
+        return Check("base model", "ok", f"{models.DEFAULT_MODEL} ready in {folder}")
+    if models.bundled_gguf() is not None:
+        return Check("base model", "warn", f"not converted yet ({problem})",
+                     "lora101 model prepare  (about 30 s; a lesson would otherwise do it on first use)")
+    return Check("base model", "FAIL", "the offline copy is not installed",
+                 models.BUNDLED[models.DEFAULT_MODEL].pip_install)
+
+
+def check_memory() -> Check:
+    import psutil
+
+    available = psutil.virtual_memory().available / 2**30
+    detail = f"{available:.1f} GiB RAM available"
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            free, total = torch.cuda.mem_get_info()
+            detail += f"; GPU {free / 2**30:.1f} of {total / 2**30:.1f} GiB free"
+    except Exception:
+        pass
+    if available < 2:
+        return Check("memory", "FAIL", detail, "close other programs: lessons need about 2 GiB")
+    if available < 4:
+        return Check("memory", "warn", detail, "lesson 5 is more comfortable with 4 GiB")
+    return Check("memory", "ok", detail)
+
+
+def check_notebook_tools() -> Check:
+    missing = [name for name in ("jupyterlab", "ipywidgets", "nbgrader", "matplotlib")
+               if _not_installed(name)]
+    if missing:
+        return Check("notebook tools", "FAIL", f"missing: {', '.join(missing)}", "run `make setup`")
+    return Check("notebook tools", "ok", "jupyterlab, ipywidgets, nbgrader, matplotlib")
+
+
+def _not_installed(name: str) -> bool:
+    try:
+        importlib.metadata.version(name)
+        return False
+    except importlib.metadata.PackageNotFoundError:
+        return True
+
+
+CHECKS: list[Callable[[], Check | list[Check]]] = [
+    check_python, check_torch, check_versions, check_bnb_4bit, check_model, check_memory,
+    check_notebook_tools,
+]
+
+
+def run_checks() -> list[Check]:
+    results: list[Check] = []
+    for check in CHECKS:
+        out = check()
+        results.extend(out if isinstance(out, list) else [out])
+    return results
+
+
+def report(results: list[Check]) -> str:
+    width = max(len(c.name) for c in results)
+    lines = []
+    for c in results:
+        lines.append(f"[{c.status:>4}] {c.name:<{width}}  {c.detail}")
+        if c.fix and c.status != "ok":
+            lines.append(f"       {'':<{width}}  -> {c.fix}")
+    failed = sum(c.status == "FAIL" for c in results)
+    warned = sum(c.status == "warn" for c in results)
+    verdict = "ready for every lesson" if not failed else f"{failed} problem(s) to fix before the lessons"
+    lines.append(f"\n{verdict}; {warned} warning(s).")
+    return "\n".join(lines)
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("doctor", help="check this machine for the course and say what to fix")
+    parser.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    results = run_checks()
+    print(report(results))
+    return 1 if any(c.status == "FAIL" for c in results) else 0
