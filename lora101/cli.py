@@ -12,6 +12,7 @@ import argparse
 import importlib
 import pkgutil
 import sys
+from pathlib import Path
 
 # Modules that add a top-level command (each with a ``register(subparsers)`` function).
 COMMAND_MODULES = [
@@ -20,34 +21,54 @@ COMMAND_MODULES = [
 ]
 
 
-def _register_benchmarks(subparsers) -> None:
+def _benchmark_names() -> dict[str, str]:
+    """Benchmark modules and the first line of their docstrings, read without importing them.
+
+    Importing a benchmark pulls in peft, bitsandbytes and friends: only the one that runs is imported.
+    """
+    import ast
+
     from lora101 import bench
 
+    names = {}
+    for info in sorted(pkgutil.iter_modules(bench.__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        source = Path(bench.__path__[0], f"{info.name}.py").read_text()
+        doc = (ast.get_docstring(ast.parse(source)) or "").strip().splitlines()
+        names[info.name] = doc[0] if doc else ""
+    return names
+
+
+def _register_benchmarks(subparsers, argv: list[str]) -> None:
     parser = subparsers.add_parser(
         "bench", help="measure something and print a table (timings live here, not in tests)"
     )
     names = parser.add_subparsers(dest="benchmark", metavar="NAME", required=True)
-    for info in sorted(pkgutil.iter_modules(bench.__path__), key=lambda m: m.name):
-        if info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"lora101.bench.{info.name}")
-        doc = (module.__doc__ or "").strip().splitlines()
-        sub = names.add_parser(info.name, help=doc[0] if doc else None, description=module.__doc__)
-        module.add_arguments(sub)
-        sub.set_defaults(func=module.run)
+    chosen = argv[1] if len(argv) > 1 and argv[0] == "bench" else None
+    for name, summary in _benchmark_names().items():
+        sub = names.add_parser(name, help=summary, description=summary)
+        if name == chosen:
+            module = importlib.import_module(f"lora101.bench.{name}")
+            sub.description = module.__doc__
+            sub.formatter_class = argparse.RawDescriptionHelpFormatter
+            module.add_arguments(sub)
+            sub.set_defaults(func=module.run)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="lora101", description="LoRA and QLoRA, built from scratch.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
-    _register_benchmarks(subparsers)
+    _register_benchmarks(subparsers, argv)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     return int(args.func(args) or 0)
 
 

@@ -30,9 +30,10 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 import torch
 
@@ -224,6 +225,9 @@ def prepare_model(name: str = DEFAULT_MODEL, *, force: bool = False, quiet: bool
         problem = verify_cache(final)
         if not force and problem is None:  # another process finished it while we waited
             return final
+        # Under the lock no other conversion runs, so leftovers are from a process that died mid-way.
+        for stale in final.parent.glob(f".{name}.partial-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         if not quiet:
             why = "rebuilding on request" if force else problem
             print(f"lora101: preparing {name} in {final} ({why}); about 30 s, once.", file=sys.stderr)
