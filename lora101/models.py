@@ -374,13 +374,17 @@ def load_model(
     with double quantisation unless ``double_quant=False``; its layers compute in
     ``compute_dtype``, by default bf16 on GPUs that have it and fp32 elsewhere).
     ``device``: ``"cpu"``, ``"cuda"``, ``"mps"``..., or None to choose automatically
-    (see :func:`choose_device`). Returns the model in eval mode.
+    (see :func:`choose_device`; for ``"nf4"`` the automatic choice is CUDA, else the CPU, because
+    bitsandbytes has no 4-bit kernels for Apple GPUs). Returns the model in eval mode.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     from transformers import AutoModelForCausalLM
 
     dev = choose_device(device)
+    explicit = device is not None or os.environ.get("LORA101_DEVICE")
+    if precision == "nf4" and dev.type == "mps" and not explicit:
+        dev = torch.device("cpu")  # bitsandbytes' 4-bit kernels run on CUDA and the CPU, not on Apple GPUs
     resolved = resolve_model(name)
     if precision == "nf4":
         if dev.type not in ("cuda", "cpu"):

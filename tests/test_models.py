@@ -313,3 +313,19 @@ def test_model_info_explains_a_missing_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("LORA101_CACHE", str(tmp_path))
     info = models.model_info()
     assert info["ready"] is False and "does not exist" in info["problem"]
+
+
+def test_4bit_skips_an_apple_gpu_when_choosing_automatically(monkeypatch, base_model_dir):
+    monkeypatch.delenv("LORA101_DEVICE", raising=False)
+    monkeypatch.setattr(models, "choose_device", lambda device=None: torch.device(device or "mps"))
+    seen = {}
+
+    def fake_from_pretrained(cls, resolved, **kwargs):
+        seen.update(kwargs)
+        return torch.nn.Linear(1, 1)
+
+    monkeypatch.setattr(models, "_from_pretrained", fake_from_pretrained)
+    models.load_model(precision="nf4")
+    assert seen["device_map"] == {"": "cpu"}
+    with pytest.raises(ValueError, match="not 'mps'"):
+        models.load_model(precision="nf4", device="mps")
