@@ -8,12 +8,14 @@
 #   TORCH_INDEX  a PyTorch wheel index, e.g. https://download.pytorch.org/whl/cu128 for a CUDA
 #                build or .../whl/cpu for a small CPU-only build on Linux     default: PyPI
 #   PYTEST_ARGS  extra pytest arguments, e.g. PYTEST_ARGS="-k lora -x"
+#   LAB_ARGS     extra jupyter lab arguments, e.g. LAB_ARGS="--port 8899 --no-browser"
 
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_VERSION ?= 2.13.0
 TORCH_INDEX ?=
 PYTEST_ARGS ?=
+LAB_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.lora101-installed
 
@@ -36,8 +38,10 @@ $(STAMP): pyproject.toml constraints.txt
 model: $(STAMP)
 	$(BIN)/lora101 model prepare
 
+# Serves the whole course (lessons/ and exercises/) and opens at lessons/. Jupyter refuses to run as
+# root unless told to; containers and CI machines often are root.
 lab: setup
-	$(BIN)/jupyter lab lessons/
+	$(BIN)/jupyter lab --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/lessons $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
