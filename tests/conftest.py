@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -18,6 +20,44 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 # nbgrader runs alembic (and nbval runs kernels) as subprocesses: the venv's bin/ must be on PATH.
 os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+
+
+
+def _refuse_the_network() -> None:
+    """Make any connection from the test process to a non-loopback address fail loudly.
+
+    The tests are offline by design; this turns an accidental download (a hub look-up, a dataset
+    fetch) into an error that names the address instead of a slow, flaky pass. Servers the tests
+    start themselves (JupyterLab, kernels) are on loopback and unaffected.
+    """
+    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+    def allowed(address) -> bool:
+        if not isinstance(address, tuple):  # AF_UNIX paths
+            return True
+        host = address[0]
+        if host in ("localhost", ""):
+            return True
+        try:
+            return ipaddress.ip_address(host.split("%")[0]).is_loopback
+        except ValueError:  # a host name: resolving it already needed the network
+            return False
+
+    def connect(self, address):
+        if not allowed(address):
+            raise OSError(f"tests are offline: refused a connection to {address!r}")
+        return real_connect(self, address)
+
+    def connect_ex(self, address):
+        if not allowed(address):
+            raise OSError(f"tests are offline: refused a connection to {address!r}")
+        return real_connect_ex(self, address)
+
+    socket.socket.connect = connect
+    socket.socket.connect_ex = connect_ex
+
+
+_refuse_the_network()
 
 
 @pytest.fixture(scope="session")

@@ -200,3 +200,14 @@ def test_every_benchmark_is_reachable_and_documented(name):
     assert cli._benchmark_names()[name], f"lora101/bench/{name}.py needs a docstring: it is the --help line"
     result = run_cli("bench", name, "--help")
     assert result.returncode == 0 and "usage: lora101 bench " + name in result.stdout
+
+
+def test_the_test_process_cannot_reach_the_network():
+    import socket
+
+    with pytest.raises(OSError, match="tests are offline"):
+        socket.create_connection(("198.51.100.7", 443), timeout=1)  # TEST-NET-2: never a real host
+    with socket.socket() as server:  # loopback stays open for the servers tests start
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        socket.create_connection(server.getsockname(), timeout=1).close()
