@@ -518,3 +518,62 @@ def screenshot(page, path: Path, max_height: int = 12000) -> list[Path]:
 def shutdown_notebook(page, path: str) -> None:
     """Save the (copied) notebook, stop its kernel and close it, so the next lesson starts with free memory."""
     page.evaluate(JS_SHUTDOWN, path)
+
+
+# --- nbgrader's Validate button ----------------------------------------------------------------------
+
+JS_SET_SOURCES = f"""
+async ([path, sources]) => {{
+  // sources: {{grade_id: new cell source}}; the learner's typing, done through the cell models.
+  const panel = ({_FIND_PANEL})(path);
+  const done = [];
+  for (const cell of panel.content.widgets) {{
+    const meta = cell.model.getMetadata('nbgrader');
+    if (meta && meta.grade_id in sources) {{
+      cell.model.sharedModel.setSource(sources[meta.grade_id]);
+      done.push(meta.grade_id);
+    }}
+  }}
+  await panel.context.save();
+  return done;
+}}
+"""
+
+
+def set_answers(page, path: str, sources: dict[str, str]) -> list[str]:
+    """Replace the source of the cells whose nbgrader grade_id is a key of `sources`, then save.
+
+    Returns the grade ids it changed (in notebook order).
+    """
+    return page.evaluate(JS_SET_SOURCES, [path, sources])
+
+
+def validate(page, path: str, timeout: float = 300.0) -> tuple[str, str]:
+    """Save, press the notebook toolbar's Validate button (nbgrader's extension), read the result dialog.
+
+    Returns (outcome, text): outcome is the dialog body's validation-* class ("success", "failed",
+    "changed" or "passed"; "error" when the validate command itself failed) and text what it says.
+    """
+    page.evaluate(f"async (path) => {{ await ({_FIND_PANEL})(path).context.save(); }}", path)
+    button = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Toolbar").get_by_text(
+        "Validate", exact=True
+    )
+    button.click()
+    dialog = page.locator(".jp-Dialog").filter(has_text="Validation Results")
+    dialog.wait_for(state="visible", timeout=timeout * 1000)
+    body = dialog.locator(".jp-Dialog-body")
+    outcome = body.evaluate(
+        """(b) => {
+          const el = b.querySelector('[class*="validation-"]') || b;
+          const cls = Array.from(el.classList).find((c) => c.startsWith('validation-'));
+          return cls ? cls.slice('validation-'.length) : 'error';
+        }"""
+    )
+    text = body.inner_text()
+    return outcome, text
+
+
+def close_dialog(page) -> None:
+    """Press the OK button of the open dialog."""
+    page.locator(".jp-Dialog .jp-Dialog-footer button").last.click()
+    page.locator(".jp-Dialog").wait_for(state="detached", timeout=10_000)

@@ -83,9 +83,26 @@ def _harness_notebooks(folder: Path) -> None:
         nbformat.v4.new_code_cell("raise ValueError('the harness must see this')"),
         nbformat.v4.new_code_cell("print('never runs')"),
     ]
+    # An nbgrader student notebook as `nbgrader generate_assignment` writes one: an answer cell with the
+    # solution replaced by a stub, and a locked test cell.
+    exercise = nbformat.v4.new_notebook(metadata={"kernelspec": ks})
+    meta = {"schema_version": 3, "locked": False, "solution": True, "grade": False, "grade_id": "square"}
+    test_meta = {"schema_version": 3, "locked": True, "solution": False, "grade": True, "points": 1}
+    exercise.cells = [
+        nbformat.v4.new_markdown_cell("# Square it"),
+        nbformat.v4.new_code_cell(
+            "def square(x):\n    # YOUR CODE HERE\n    raise NotImplementedError()",
+            metadata={"nbgrader": meta},
+        ),
+        nbformat.v4.new_code_cell(
+            '"""square(3) is 9."""\nassert square(3) == 9',
+            metadata={"nbgrader": {**test_meta, "grade_id": "test_square"}},
+        ),
+    ]
     folder.mkdir(parents=True, exist_ok=True)
     nbformat.write(good, folder / "good.ipynb")
     nbformat.write(bad, folder / "bad.ipynb")
+    nbformat.write(exercise, folder / "exercise.ipynb")
 
 
 @pytest.fixture(scope="module")
@@ -218,3 +235,64 @@ def test_lesson_in_jupyterlab(lab, lesson: Path):
     )
     poked = _check_widgets_respond(page, rel)
     _finish(page, rel, lesson.stem, report, extra=f"; widgets answered: {', '.join(poked) or 'none to poke'}")
+
+
+def _solutions(source_nb: Path) -> dict[str, str]:
+    """{grade_id: solved source} for the code answer cells of an nbgrader source notebook (markers dropped)."""
+    nb = nbformat.read(source_nb, as_version=4)
+    out = {}
+    for cell in nb.cells:
+        meta = cell.metadata.get("nbgrader", {})
+        if meta.get("solution") and cell.cell_type == "code":
+            markers = ("### BEGIN SOLUTION", "### END SOLUTION")
+            out[meta["grade_id"]] = "\n".join(
+                ln for ln in cell.source.splitlines() if ln.strip() not in markers
+            )
+    return out
+
+
+def _validate_unsolved_then_solved(lab, rel: str, solutions: dict[str, str], name: str) -> None:
+    """Validate as handed out (the tests must fail), then with the solutions typed in (they must pass)."""
+    from labdriver import close_dialog, screenshot, set_answers, shutdown_notebook, validate
+
+    page, report = _run(lab, rel)
+    assert not report.timed_out, f"{rel}: Run All did not finish"
+    outcome, text = validate(page, rel)
+    assert outcome == "failed", f"{rel}: Validate on the unsolved notebook said {outcome!r}:\n{text}"
+    assert "The following cell failed" in text, text
+    shots = screenshot(page, SCREENSHOTS / f"{name}_validate_unsolved.png")
+    close_dialog(page)
+    changed = set_answers(page, rel, solutions)
+    assert sorted(changed) == sorted(solutions), (
+        f"{rel}: answer cells {changed}, solutions for {sorted(solutions)}"
+    )
+    outcome, text = validate(page, rel)
+    shots += screenshot(page, SCREENSHOTS / f"{name}_validate_solved.png")
+    assert outcome == "success", f"{rel}: Validate with the solutions filled in said {outcome!r}:\n{text}"
+    close_dialog(page)
+    shutdown_notebook(page, rel)
+    page.close()
+    print(
+        f"\n{rel}: Validate failed as handed out, passed once solved\n"
+        + "\n".join(f"  screenshot: {p}" for p in shots)
+    )
+
+
+def test_harness_validate_button(lab):
+    """nbgrader's Validate button on a small student notebook: failing tests as handed out, success when solved."""
+    solved = {"square": "def square(x):\n    return x * x"}
+    _validate_unsolved_then_solved(lab, "harness/exercise.ipynb", solved, "harness_exercise")
+
+
+RELEASE = sorted((REPO / "exercises" / "release").glob("*/*.ipynb"))[:1]
+
+
+@pytest.mark.parametrize("exercise", RELEASE, ids=[f"{p.parent.name}/{p.stem}" for p in RELEASE])
+def test_release_exercise_validate(lab, exercise: Path):
+    """One release exercise in JupyterLab: Validate shows the failing tests, then success once solved."""
+    source = REPO / "exercises" / "source" / exercise.parent.name / exercise.name
+    assert source.exists(), f"{exercise} has no source notebook at {source}"
+    rel = f"exercises/release/{exercise.parent.name}/{exercise.name}"
+    _validate_unsolved_then_solved(
+        lab, rel, _solutions(source), f"exercise_{exercise.parent.name}_{exercise.stem}"
+    )
