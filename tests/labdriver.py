@@ -262,8 +262,11 @@ JS_STATE = f"""
   // Everything the learner can read in the notebook (text and images): when it stops changing while
   // a cell runs, the learner is looking at a silent notebook.
   const nb = panel.content.node;
-  out.text = nb.innerText.length + 7 * nb.querySelectorAll('img').length;
-  out.sig = nb.innerText.slice(-2000);
+  const text = nb.innerText;
+  let hash = 0;
+  for (let i = 0; i < text.length; i++) hash = (hash * 31 + text.charCodeAt(i)) | 0;
+  out.text = text.length + 7 * nb.querySelectorAll('img').length;
+  out.sig = hash;
   return out;
 }}
 """

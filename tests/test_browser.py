@@ -76,6 +76,9 @@ def _harness_notebooks(folder: Path) -> None:
             "def pick(colour='red'):\n    print('colour is', colour)\n\n"
             "w.interact(pick, colour=w.Dropdown(options=['red', 'green', 'blue']));"
         ),
+        nbformat.v4.new_code_cell(
+            "import time\n\ntime.sleep(5)  # silent: the harness must notice\nprint('done')"
+        ),
     ]
     bad = nbformat.v4.new_notebook(metadata={"kernelspec": ks})
     bad.cells = [
@@ -209,6 +212,7 @@ def test_harness_sees_what_a_learner_sees(lab):
         f"kernel python: {sys.executable}" in text
         or f"kernel python: {Path(sys.executable).resolve()}" in text
     ), f"the kernel is not this venv's python ({sys.executable}): {text!r}"
+    assert 3 <= report.longest_silence <= 15, report  # the 5 s sleep, polled once a second
     assert _check_widgets_respond(page, "harness/good.ipynb") == ["cell 3 (slider)", "cell 4 (dropdown)"]
     _finish(page, "harness/good.ipynb", "harness_good", report)
 
