@@ -6,8 +6,9 @@ Training memory has five parts; each is ``number of elements x bytes per element
 * **weights** -- every parameter, in the storage precision (fp32 4 B, bf16/fp16 2 B; QLoRA: the linear layers
   of the blocks in NF4 at ``NF4_BITS`` bits per parameter, everything else in 16-bit, the adapters in fp32);
 * **gradients** -- one per *trainable* parameter, in that parameter's precision;
-* **optimizer states** -- per trainable parameter: AdamW keeps two fp32 moments (8 B), 8-bit Adam two 1-byte
-  moments (2 B; its per-block constants are ignored), SGD with momentum one fp32 buffer (4 B), plain SGD none;
+* **optimizer states** -- per trainable parameter: AdamW keeps two fp32 moments (8 B); two 16-bit moments
+  (what ``torch.optim.AdamW`` keeps for bf16 parameters) take 4 B, 8-bit Adam 2 B (its per-block constants
+  are ignored); SGD with momentum one fp32 buffer (4 B), plain SGD none;
 * **master weights** (optional) -- mixed-precision training keeps an fp32 copy of 16-bit trainable weights (4 B);
 * **activations** -- tensors the forward pass saves for the backward pass; see :func:`activation_elements`.
 
@@ -46,7 +47,7 @@ NF4_BITS = 4 + 8 / 64 + 32 / (64 * 256)
 NF4_BITS_NO_DOUBLE_QUANT = 4 + 32 / 64  # an fp32 absmax per block of 64
 
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
-OPTIMIZER_BYTES = {"adamw": 8, "adamw-8bit": 2, "sgd-momentum": 4, "sgd": 0}
+OPTIMIZER_BYTES = {"adamw": 8, "adamw-16bit": 4, "adamw-8bit": 2, "sgd-momentum": 4, "sgd": 0}
 METHODS = ("full", "lora", "qlora")
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
@@ -276,7 +277,7 @@ def estimate_memory(
     "fp16", the storage of the weights (for QLoRA: of everything that is not quantised) and of the
     activations. Full fine-tuning trains every weight in ``precision``; LoRA and QLoRA train fp32 adapters
     (``r``, ``target_modules`` as in PEFT: names from ``q_proj ... down_proj``, "attention" or "all-linear")
-    on a frozen base. ``optimizer``: "adamw" (8 B/param), "adamw-8bit" (2), "sgd-momentum" (4), "sgd" (0).
+    on a frozen base. ``optimizer``: "adamw" (8 B/param), "adamw-16bit" (4), "adamw-8bit" (2), "sgd-momentum" (4), "sgd" (0).
     ``master_weights``: add an fp32 copy of 16-bit trainable weights (mixed precision). ``activations``:
     include :func:`activation_elements` at ``batch_size`` x ``seq_len``.
     """
