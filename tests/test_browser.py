@@ -115,7 +115,9 @@ def lab(tmp_path_factory):
 
     chromium = find_chromium()
     if chromium is None:
-        _unavailable("Chromium not found at /usr/bin/chromium")
+        _unavailable(
+            f"Chromium not found (looked at {os.environ.get('LORA101_CHROMIUM') or '/usr/bin/chromium'})"
+        )
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
