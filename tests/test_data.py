@@ -1,0 +1,90 @@
+"""lora101.data: the contract -> JSON task is reproducible, masked correctly, and its splits do not overlap."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from lora101 import data
+
+
+def test_same_seed_same_examples_other_seed_other_examples():
+    assert data.make_examples(50, "train", seed=3) == data.make_examples(50, "train", seed=3)
+    assert data.make_examples(50, "train", seed=3) != data.make_examples(50, "train", seed=4)
+
+
+def test_answers_are_canonical_json_with_fixed_key_order():
+    for ex in data.make_examples(200, "train") + data.make_examples(100, "test"):
+        rec = json.loads(ex["answer"])
+        assert list(rec) == list(data.FIELDS)
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d", rec["date"])
+        assert isinstance(rec["amount"], int) and isinstance(rec["months"], int)
+        assert rec["currency"] in {"USD", "EUR", "GBP", "CHF"}
+        # the amount as written in the sentence (with thousands separators) is the integer in the answer
+        assert f"{rec['amount']:,}" in ex["sentence"]
+        assert rec["payer"] in ex["sentence"] and rec["payee"] in ex["sentence"]
+
+
+def test_training_set_is_varied():
+    rows = data.make_examples(1200, "train")
+    assert len({r["sentence"] for r in rows}) == 1200
+    assert {r["template"] for r in rows} == set(range(len(data.templates("train"))))
+    assert {json.loads(r["answer"])["type"] for r in rows} == {t.name for t in data.CONTRACT_TYPES}
+    # terms in years must be converted to months: both kinds occur
+    assert any("year" in r["sentence"] for r in rows) and any(" months" in r["sentence"] for r in rows)
+
+
+def test_splits_share_no_template_and_no_entity():
+    assert not set(data.templates("train")) & set(data.templates("test"))
+    assert not data.entity_words("train") & data.entity_words("test")
+    train_parties = {json.loads(r["answer"])[k] for r in data.make_examples(1200, "train") for k in ("payer", "payee")}
+    test_rows = data.make_examples(200, "test")
+    test_parties = {json.loads(r["answer"])[k] for r in test_rows for k in ("payer", "payee")}
+    assert not train_parties & test_parties
+    train_words = {w for p in train_parties for w in p.split()}
+    assert not {w for p in test_parties for w in p.split()} & train_words
+
+
+def test_bad_arguments_name_the_argument():
+    with pytest.raises(ValueError, match="split"):
+        data.make_examples(3, "validation")
+    with pytest.raises(ValueError, match="n must"):
+        data.make_examples(0)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(base_model_dir):
+    from lora101.models import load_tokenizer
+
+    return load_tokenizer()
+
+
+def test_prompt_tokens_are_masked_and_answer_tokens_learned(tokenizer):
+    ex = data.make_examples(1, "train")[0]
+    enc = data.tokenize_example(tokenizer, data.build_messages(ex["sentence"]), ex["answer"])
+    prompt = tokenizer(data.prompt_text(tokenizer, data.build_messages(ex["sentence"])), add_special_tokens=False)
+    n_prompt = len(prompt["input_ids"])
+    assert enc["input_ids"][:n_prompt] == prompt["input_ids"]
+    assert enc["labels"][:n_prompt] == [data.IGNORE_INDEX] * n_prompt
+    learned = enc["labels"][n_prompt:]
+    assert learned == enc["input_ids"][n_prompt:] and data.IGNORE_INDEX not in learned
+    # the learned part decodes to exactly the answer followed by the end-of-turn token
+    assert tokenizer.decode(learned) == ex["answer"] + tokenizer.eos_token
+    # and the whole sequence is what the chat template makes of the full conversation
+    full = tokenizer.apply_chat_template(data.build_messages(ex["sentence"], ex["answer"]), tokenize=False)
+    assert full.startswith(tokenizer.decode(enc["input_ids"]))
+
+
+def test_build_dataset_is_a_datasetdict_with_masked_labels(tokenizer):
+    from datasets import DatasetDict
+
+    ds = data.build_dataset(tokenizer, n_train=40, n_test=10)
+    assert isinstance(ds, DatasetDict) and set(ds) == {"train", "test"}
+    assert ds["train"].num_rows == 40 and ds["test"].num_rows == 10
+    for row in ds["train"]:
+        assert len(row["input_ids"]) == len(row["labels"]) <= 192
+        assert row["labels"][0] == data.IGNORE_INDEX and row["labels"][-1] == tokenizer.eos_token_id
+    with pytest.raises(ValueError, match="max_length"):
+        data.build_dataset(tokenizer, n_train=5, n_test=5, max_length=40)
