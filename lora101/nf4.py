@@ -1,0 +1,491 @@
+"""NF4 from first principles: 4-bit blockwise quantisation that matches bitsandbytes bit for bit.
+
+The recipe (QLoRA, Dettmers et al. 2023), for a weight tensor ``w`` of any shape with ``n`` elements:
+
+1. Flatten ``w`` and cut it into blocks of ``blocksize`` elements (the last block may be partial).
+2. Per block, ``absmax = max |w|``; scale the block into ``[-1, 1]`` by ``w / absmax``.
+3. Replace each scaled value by the index of the nearest of 16 code values (a *codebook*): NF4's come from
+   quantiles of the standard normal, FP4's from a tiny float format, int4's are evenly spaced.
+4. Pack two 4-bit indices into one byte, the first element in the high nibble.
+5. Optionally (*double quantisation*) store the float32 ``absmax`` values themselves in 8 bits: subtract
+   their mean, then quantise them blockwise (blocks of 256) with bitsandbytes' dynamic 8-bit code.
+
+Dequantisation is a table look-up times the block's absmax. Every rounding choice here follows
+bitsandbytes' CPU path (``bitsandbytes/backends/default/ops.py`` for 4-bit quantisation, its C++ CPU kernels
+for dequantisation and for the 8-bit step), so ``tests/test_nf4.py`` can demand ``torch.equal``. The code is
+device-agnostic torch; it is tested on the CPU only (this course's CI has no GPU).
+
+Public API:
+
+* codebooks: :func:`nf4_codebook`, :func:`fp4_codebook`, :func:`int4_codebook`, :func:`dynamic_codebook`;
+* :class:`QuantState`, :func:`quantize_4bit`, :func:`dequantize_4bit` and the named variants
+  :func:`quantize_nf4`, :func:`quantize_fp4`, :func:`quantize_int4`, :func:`dequantize_nf4`;
+* :func:`pack_4bit`, :func:`unpack_4bit`, :func:`quantize_blockwise_8bit`, :func:`dequantize_blockwise_8bit`;
+* accounting: :func:`bits_per_parameter`, :func:`weights_memory_bytes`, :func:`reconstruction_error`,
+  :func:`code_entropy`;
+* :class:`NF4Linear`: a frozen 4-bit linear layer; wrap it in ``lora101.lora.LoRALinear`` for QLoRA.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "NF4_OFFSET",
+    "BLOCKSIZES",
+    "CODE_TYPES",
+    "nf4_codebook",
+    "fp4_codebook",
+    "int4_codebook",
+    "codebook",
+    "dynamic_codebook",
+    "QuantState",
+    "quantize_4bit",
+    "dequantize_4bit",
+    "quantize_nf4",
+    "quantize_fp4",
+    "quantize_int4",
+    "dequantize_nf4",
+    "pack_4bit",
+    "unpack_4bit",
+    "quantize_blockwise_8bit",
+    "dequantize_blockwise_8bit",
+    "bits_per_parameter",
+    "weights_memory_bytes",
+    "reconstruction_error",
+    "code_counts",
+    "code_entropy",
+    "NF4Linear",
+]
+
+NF4_OFFSET = 0.9677083
+"""The outermost quantile NF4 uses (bitsandbytes' ``create_normal_map`` default): ppf(0.9677083) ~ 1.848 sigma."""
+
+BLOCKSIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+"""Blocksizes bitsandbytes 0.50's ``quantize_4bit`` accepts (``functional.py``), on every device."""
+
+CODE_TYPES = ("nf4", "fp4", "int4")
+DOUBLE_QUANT_BLOCKSIZE = 256  # bitsandbytes' quantize_4bit uses blocks of 256 for the absmax constants
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+# ------------------------------------------------------------------------------------------------
+# Codebooks
+
+
+def nf4_codebook(offset: float = NF4_OFFSET) -> torch.Tensor:
+    """The 16 NF4 values, sorted, float32, shape (16,): normal quantiles scaled into [-1, 1].
+
+    8 positive values are the normal quantiles at 8 probabilities evenly spaced from ``offset`` down to
+    (but not including) 0.5, 7 negative ones likewise, plus an exact 0: 9 + 7 would double-count zero, so
+    the halves are asymmetric (8 positive, 7 negative). Dividing by the largest makes the ends +-1.
+    The probabilities are float32 (``torch.linspace``) and the quantiles float64, as in bitsandbytes'
+    ``create_normal_map``, which is why the result equals its stored table to the last bit.
+    """
+    positive = torch.special.ndtri(torch.linspace(offset, 0.5, 9)[:-1].double())
+    negative = -torch.special.ndtri(torch.linspace(offset, 0.5, 8)[:-1].double())
+    values = torch.cat([positive, torch.zeros(1, dtype=torch.float64), negative]).float().sort().values
+    return values / values.max()
+
+
+def fp4_codebook() -> torch.Tensor:
+    """bitsandbytes' FP4 values in bit-pattern order (index = the 4-bit code), float32, shape (16,).
+
+    Bit 3 is the sign; bits 2-1 an exponent e, bit 0 a mantissa m. e = 0 is subnormal (0 or 0.0625), else
+    the value is 2**(4 - e) * (1 + m / 2) (bitsandbytes' exponent convention), all divided by the largest, 12.
+    """
+    magnitudes = []
+    for bits in range(8):
+        e, m = bits >> 1, bits & 1
+        magnitudes.append(0.0625 * m if e == 0 else 2.0 ** (4 - e) * (1 + m / 2))
+    data = torch.tensor(magnitudes + [-v for v in magnitudes], dtype=torch.float32)
+    return data / data.abs().max()
+
+
+def int4_codebook() -> torch.Tensor:
+    """Symmetric absmax int4: the values k/7, k = 7..-7, in bitsandbytes' ``get_4bit_type("int4")`` order.
+
+    Index 0..7 hold 7/7..0, index 8..15 hold -0..-7/7 (zero appears twice; 15 distinct levels).
+    bitsandbytes lists this table (its ``get_4bit_type("int4")`` raises in 0.50: an integer tensor divided in
+    place) and its ``quantize_4bit`` does not accept it: it is here for comparison.
+    """
+    data = torch.tensor([7, 6, 5, 4, 3, 2, 1, 0, -0.0, -1, -2, -3, -4, -5, -6, -7], dtype=torch.float32)
+    return data / 7
+
+
+def codebook(code_type: str) -> torch.Tensor:
+    """The (16,) float32 table for ``code_type`` in ("nf4", "fp4", "int4"), indexed by the 4-bit code."""
+    if code_type == "nf4":
+        return nf4_codebook()
+    if code_type == "fp4":
+        return fp4_codebook()
+    if code_type == "int4":
+        return int4_codebook()
+    raise ValueError(f"code_type must be one of {CODE_TYPES}, got {code_type!r}")
+
+
+def dynamic_codebook() -> torch.Tensor:
+    """bitsandbytes' signed 8-bit dynamic code (``create_dynamic_map()``), sorted, float32, shape (256,).
+
+    Dynamic tree quantisation (Dettmers 2015): for exponents 10**-6 .. 10**0, a linear grid of fractions in
+    [0.1, 1] whose size doubles with each decade, mirrored for negatives, plus 0 and 1. Fine near zero,
+    coarse near 1: the absmax constants it stores span several orders of magnitude.
+    """
+    data: list[float] = []
+    max_exponent_bits, non_sign_bits = 7, 7
+    for i in range(max_exponent_bits):
+        items = 2 ** (i + non_sign_bits - max_exponent_bits) + 1
+        edges = torch.linspace(0.1, 1, items, dtype=torch.float32)
+        means = (edges[:-1] + edges[1:]) / 2.0
+        scale = 10 ** (-(max_exponent_bits - 1) + i)
+        data += (scale * means).tolist() + (-scale * means).tolist()
+    data += [0.0, 1.0]
+    return torch.tensor(sorted(data), dtype=torch.float32)
+
+
+@lru_cache(maxsize=None)
+def _tables(code_type: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(code, midpoints, sorted->code index, (256, 2) byte->value-pair table) for fast (de)quantisation."""
+    code = codebook(code_type).to(device)
+    # Stable sort: FP4 and int4 hold +0 and -0; bitsandbytes' CPU argsort puts +0 (index 0) first.
+    order = torch.argsort(code, stable=True)
+    sorted_code = code[order]
+    midpoints = (sorted_code[:-1] + sorted_code[1:]) / 2
+    byte = torch.arange(256, device=device)
+    pairs = torch.stack([code[byte >> 4], code[byte & 0xF]], dim=1)  # high nibble first
+    return code, midpoints, order.to(torch.uint8), pairs
+
+
+# ------------------------------------------------------------------------------------------------
+# Checks
+
+
+def _check_blocksize(blocksize: int, name: str = "blocksize") -> None:
+    if isinstance(blocksize, bool) or not isinstance(blocksize, int):
+        raise TypeError(f"{name} must be an int, one of {BLOCKSIZES}, got {type(blocksize).__name__} {blocksize!r}")
+    if blocksize not in BLOCKSIZES:
+        raise ValueError(
+            f"{name} must be a power of two from 32 to 4096 (what bitsandbytes' quantize_4bit accepts: "
+            f"{BLOCKSIZES}), got {blocksize}"
+        )
+
+
+def _check_weight(w: torch.Tensor, name: str = "w") -> None:
+    if not isinstance(w, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(w).__name__}")
+    if not w.dtype.is_floating_point:
+        raise TypeError(f"{name} must be a floating-point tensor (float32, float16 or bfloat16), got {w.dtype}")
+    if w.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32, float16 or bfloat16 (as in bitsandbytes), got {w.dtype}; "
+                        f"convert it with {name}.float()")  # fmt: skip
+    if w.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(w.shape)}): there is nothing to quantise")
+    if not bool(torch.isfinite(w).all()):
+        bad = int((~torch.isfinite(w)).sum())
+        raise ValueError(f"{name} holds {bad} NaN or infinite value(s): a block's absmax would be inf/NaN and "
+                         "poison every value in the block. Fix the weights first.")  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------
+# Packing and 8-bit blockwise quantisation (for the absmax constants)
+
+
+def pack_4bit(codes: torch.Tensor) -> torch.Tensor:
+    """(n,) integer codes in 0..15 -> (ceil(n/2),) uint8; element 2i in the high nibble, 2i+1 in the low.
+
+    An odd count is padded with code 0 (bitsandbytes pads the *scaled value* with 0.0 instead, and packs
+    that value's code; :func:`quantize_4bit` does the same, so use this for illustration and tests).
+    """
+    codes = codes.reshape(-1).to(torch.uint8)
+    if codes.numel() % 2:
+        codes = F.pad(codes, (0, 1))
+    return (codes[0::2] << 4) | codes[1::2]
+
+
+def unpack_4bit(packed: torch.Tensor, n: int) -> torch.Tensor:
+    """(ceil(n/2),) uint8 -> (n,) uint8 codes, the inverse of :func:`pack_4bit`."""
+    return torch.stack([packed >> 4, packed & 0xF], dim=1).reshape(-1)[:n]
+
+
+_LUT_SIZE = 65536  # bitsandbytes' CPU kernel discretises [-1, 1] into this many bins before the code look-up
+
+
+@lru_cache(maxsize=None)
+def _dynamic_lut(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dynamic code (256,), look-up table (65536,) uint8: LUT bin -> nearest code index)."""
+    code = dynamic_codebook().to(device)
+    midpoints = (code[:-1] + code[1:]) / 2
+    centres = -1.0 + (2.0 * torch.arange(_LUT_SIZE, dtype=torch.float32, device=device)) / (_LUT_SIZE - 1)
+    # A bin centre exactly on a midpoint takes the lower code ("advance while midpoint < value").
+    return code, torch.bucketize(centres, midpoints).to(torch.uint8)
+
+
+def quantize_blockwise_8bit(x: torch.Tensor, blocksize: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n,) float -> ((n,) uint8 codes into :func:`dynamic_codebook`, (ceil(n/blocksize),) float32 absmax).
+
+    As bitsandbytes 0.50's C++ CPU kernel (``quantize_cpu_impl``): per block ``v = x * (1 / absmax)``, then
+    not the exactly nearest code but a look-up: ``v`` goes to one of 65536 evenly spaced bins on [-1, 1]
+    (``int((v + 1) * 0.5 * 65535 + 0.5)``) and each bin to the code nearest its centre. So a value within
+    about 1.5e-5 of a midpoint can take the farther code: we copy that, to stay bit-exact. An all-zero
+    block codes every value as 0 (index 0, which decodes to -1 * 0 = 0).
+    """
+    x = x.reshape(-1).float()
+    n = x.numel()
+    blocks = -(-n // blocksize)
+    padded = F.pad(x, (0, blocks * blocksize - n)).view(blocks, blocksize)
+    absmax = padded.abs().amax(dim=1)
+    scaled = (padded * (1.0 / absmax).unsqueeze(1)).clamp(-1, 1)
+    bins = ((scaled + 1.0) * 0.5 * (_LUT_SIZE - 1) + 0.5).long()
+    bins = torch.where(absmax.unsqueeze(1) == 0, 0, bins)  # 0 * inf would be NaN
+    _, lut = _dynamic_lut(x.device)
+    codes = torch.where(absmax.unsqueeze(1) == 0, 0, lut[bins])
+    return codes.reshape(-1)[:n].to(torch.uint8), absmax
+
+
+def dequantize_blockwise_8bit(codes: torch.Tensor, absmax: torch.Tensor, blocksize: int = 256) -> torch.Tensor:
+    """(n,) uint8 codes and their (blocks,) absmax -> (n,) float32 values ``code[q] * absmax[block]``."""
+    code, _ = _dynamic_lut(codes.device)
+    n = codes.numel()
+    blocks = absmax.numel()
+    values = F.pad(code[codes.long()], (0, blocks * blocksize - n)).view(blocks, blocksize)
+    return (values * absmax.unsqueeze(1)).reshape(-1)[:n]
+
+
+# ------------------------------------------------------------------------------------------------
+# 4-bit quantisation
+
+
+@dataclass
+class QuantState:
+    """A 4-bit quantised tensor: everything :func:`dequantize_4bit` needs.
+
+    packed: (ceil(n/2),) uint8, two codes a byte, first element in the high nibble.
+    absmax: (ceil(n/blocksize),) float32 block scales; with double quantisation, uint8 codes into
+        :func:`dynamic_codebook` instead, and ``absmax2`` (ceil(blocks/256),) float32 plus ``offset`` (0-d
+        float32, the mean subtracted first) say how to decode them.
+    """
+
+    packed: torch.Tensor
+    absmax: torch.Tensor
+    shape: torch.Size
+    dtype: torch.dtype
+    blocksize: int = 64
+    code_type: str = "nf4"
+    absmax2: torch.Tensor | None = None
+    offset: torch.Tensor | None = None
+
+    @property
+    def double_quant(self) -> bool:
+        return self.absmax2 is not None
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    def block_absmax(self) -> torch.Tensor:
+        """The (blocks,) float32 scales, decoded from their 8-bit form when double-quantised."""
+        if not self.double_quant:
+            return self.absmax
+        return dequantize_blockwise_8bit(self.absmax, self.absmax2, DOUBLE_QUANT_BLOCKSIZE) + self.offset
+
+    def nbytes(self) -> int:
+        """Bytes of storage: packed codes plus block constants (what a 4-bit weight really costs)."""
+        tensors = [self.packed, self.absmax, self.absmax2, self.offset]
+        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+    def to(self, device: torch.device | str) -> QuantState:
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return QuantState(move(self.packed), move(self.absmax), self.shape, self.dtype, self.blocksize,
+                          self.code_type, move(self.absmax2), move(self.offset))  # fmt: skip
+
+
+def quantize_4bit(
+    w: torch.Tensor, code_type: str = "nf4", blocksize: int = 64, double_quant: bool = False
+) -> QuantState:
+    """Quantise ``w`` (any shape, float32/float16/bfloat16, finite, non-empty) to 4 bits a value.
+
+    Rounding follows bitsandbytes' CPU ``quantize_4bit``: values are scaled in float32, full blocks by
+    multiplying with ``1 / absmax``, the partial last block by dividing by its absmax; an all-zero block
+    keeps absmax 0 (a partial one stores 1e-38, bitsandbytes' clamp). A scaled value exactly on the
+    midpoint between two code values goes to the LOWER one (``torch.bucketize``, ``right=False``).
+    """
+    _check_weight(w)
+    _check_blocksize(blocksize)
+    if code_type not in CODE_TYPES:
+        raise ValueError(f"code_type must be one of {CODE_TYPES}, got {code_type!r}")
+    if not isinstance(double_quant, bool):
+        raise TypeError(f"double_quant must be True or False, got {double_quant!r}")
+    _, midpoints, order, _ = _tables(code_type, w.device)
+    flat = w.reshape(-1).float()
+    n = flat.numel()
+    rem = n % blocksize
+    full = n - rem
+    body = flat[:full].view(-1, blocksize)
+    absmax = body.abs().amax(dim=1)
+    scaled = torch.clamp(body * (1.0 / absmax.clamp(min=1e-38)).unsqueeze(1), -1, 1).reshape(-1)
+    if rem:
+        last = flat[full:].abs().max().clamp(min=1e-38)
+        absmax = torch.cat([absmax, last.unsqueeze(0)])
+        scaled = torch.cat([scaled, torch.clamp(flat[full:] / last, -1, 1)])
+    if n % 2:
+        scaled = F.pad(scaled, (0, 1))  # bitsandbytes pads the scaled values with 0.0 before coding
+    index = torch.bucketize(scaled, midpoints, out_int32=True)
+    codes = index.to(torch.uint8) if code_type == "nf4" else order[index]  # NF4's table is already sorted
+    packed = (codes[0::2] << 4) | codes[1::2]
+    state = QuantState(packed, absmax, torch.Size(w.shape), w.dtype, blocksize, code_type)
+    if double_quant:
+        offset = absmax.mean()
+        state.absmax, state.absmax2 = quantize_blockwise_8bit(absmax - offset, DOUBLE_QUANT_BLOCKSIZE)
+        state.offset = offset
+    return state
+
+
+def dequantize_4bit(state: QuantState) -> torch.Tensor:
+    """A :class:`QuantState` -> the reconstructed tensor, of the original shape and dtype.
+
+    ``code[q] * absmax`` in float32, then cast (as bitsandbytes' CPU kernel). Works for NF4, FP4 and int4.
+    """
+    if not isinstance(state, QuantState):
+        raise TypeError(f"state must be a lora101.nf4.QuantState, got {type(state).__name__}")
+    _, _, _, pairs = _tables(state.code_type, state.packed.device)
+    n, bs = state.numel, state.blocksize
+    values = pairs[state.packed.long()].reshape(-1)[:n]  # one gather decodes both nibbles of each byte
+    absmax = state.block_absmax()
+    rem = n % bs
+    full = n - rem
+    out = (values[:full].view(-1, bs) * absmax[: full // bs].unsqueeze(1)).reshape(-1)
+    if rem:
+        out = torch.cat([out, values[full:] * absmax[-1]])
+    return out.view(state.shape).to(state.dtype)
+
+
+def quantize_nf4(w: torch.Tensor, blocksize: int = 64, double_quant: bool = False) -> QuantState:
+    """NF4 :func:`quantize_4bit`: equals ``bitsandbytes.functional.quantize_4bit(w, blocksize, quant_type="nf4",
+    compress_statistics=double_quant)`` on the CPU (packed codes, absmax, and the 8-bit absmax state)."""
+    return quantize_4bit(w, "nf4", blocksize, double_quant)
+
+
+def quantize_fp4(w: torch.Tensor, blocksize: int = 64, double_quant: bool = False) -> QuantState:
+    """FP4 :func:`quantize_4bit` (bitsandbytes' ``quant_type="fp4"``)."""
+    return quantize_4bit(w, "fp4", blocksize, double_quant)
+
+
+def quantize_int4(w: torch.Tensor, blocksize: int = 64, double_quant: bool = False) -> QuantState:
+    """Symmetric absmax int4 :func:`quantize_4bit`: round(w / absmax * 7) / 7 * absmax, ties toward -inf."""
+    return quantize_4bit(w, "int4", blocksize, double_quant)
+
+
+dequantize_nf4 = dequantize_4bit  # one decoder for every code type: the state says which table to use
+
+
+# ------------------------------------------------------------------------------------------------
+# Accounting
+
+
+def bits_per_parameter(
+    blocksize: int = 64, double_quant: bool = False, *, code_bits: int = 4, block2: int = DOUBLE_QUANT_BLOCKSIZE
+) -> float:
+    """Storage bits per weight: ``code_bits + 32 / blocksize`` (a float32 absmax per block), or with double
+    quantisation ``code_bits + 8 / blocksize + 32 / (blocksize * block2)`` (8-bit absmax, a float32 scale per
+    ``block2`` of them; the single float32 offset is negligible). 64 -> 4.5 and 4.127 bits."""
+    _check_blocksize(blocksize)
+    if double_quant:
+        return code_bits + 8 / blocksize + 32 / (blocksize * block2)
+    return code_bits + 32 / blocksize
+
+
+def weights_memory_bytes(n_params: int, bits: float) -> float:
+    """Bytes to store ``n_params`` weights at ``bits`` bits each (divide by 1e9 for GB, 2**30 for GiB)."""
+    return n_params * bits / 8
+
+
+def reconstruction_error(w: torch.Tensor, code_type: str = "nf4", blocksize: int = 64,
+                         double_quant: bool = False) -> dict[str, float]:  # fmt: skip
+    """Quantise and dequantise ``w``; return ``{"rmse", "max_abs", "bits"}`` of the float32 difference."""
+    w_hat = dequantize_4bit(quantize_4bit(w, code_type, blocksize, double_quant))
+    diff = (w_hat.float() - w.float()).reshape(-1)
+    return {
+        "rmse": float(diff.square().mean().sqrt()),
+        "max_abs": float(diff.abs().max()),
+        "bits": bits_per_parameter(blocksize, double_quant),
+    }
+
+
+def code_counts(state: QuantState) -> torch.Tensor:
+    """(16,) int64: how often each 4-bit code occurs among the state's ``n`` values (padding excluded)."""
+    return torch.bincount(unpack_4bit(state.packed, state.numel).long(), minlength=16)
+
+
+def code_entropy(counts: torch.Tensor) -> float:
+    """Shannon entropy in bits of a histogram of code usage; 4.0 is the maximum for 16 codes."""
+    p = counts.double() / counts.sum()
+    p = p[p > 0]
+    return float(-(p * p.log2()).sum())
+
+
+# ------------------------------------------------------------------------------------------------
+# A frozen 4-bit linear layer
+
+
+class NF4Linear(nn.Module):
+    """A frozen linear layer whose weight is stored in 4 bits: ``y = x @ dequantize(W).T + b``.
+
+    Shapes: ``x`` (..., in_features) -> (..., out_features); W is (out_features, in_features). The weight
+    is dequantised to the input's dtype on every call (as bitsandbytes' ``Linear4bit`` does); nothing here
+    trains. Wrap it in ``lora101.lora.LoRALinear`` to train a LoRA adapter on top: QLoRA.
+    The state tensors are buffers, so ``.to(device)`` and ``state_dict()`` carry them.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, *, code_type: str = "nf4",
+                 blocksize: int = 64, double_quant: bool = False) -> None:  # fmt: skip
+        super().__init__()
+        if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+            raise ValueError(f"weight must be a 2-D (out_features, in_features) tensor, got "
+                             f"{getattr(weight, 'shape', type(weight).__name__)}")  # fmt: skip
+        self.out_features, self.in_features = weight.shape
+        state = quantize_4bit(weight.detach(), code_type, blocksize, double_quant)
+        self.code_type, self.blocksize, self.weight_dtype = code_type, blocksize, weight.dtype
+        self.register_buffer("packed", state.packed)
+        self.register_buffer("absmax", state.absmax)
+        self.register_buffer("absmax2", state.absmax2)
+        self.register_buffer("offset", state.offset)
+        if bias is not None:
+            if bias.shape != (self.out_features,):
+                raise ValueError(f"bias must have shape ({self.out_features},), got {tuple(bias.shape)}")
+            self.register_buffer("bias", bias.detach().clone())
+        else:
+            self.bias = None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, *, code_type: str = "nf4", blocksize: int = 64,
+                    double_quant: bool = False) -> NF4Linear:  # fmt: skip
+        """Quantise an ``nn.Linear``'s weight (its bias stays in full precision)."""
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
+        return cls(linear.weight, linear.bias, code_type=code_type, blocksize=blocksize, double_quant=double_quant)
+
+    @property
+    def state(self) -> QuantState:
+        return QuantState(self.packed, self.absmax, torch.Size((self.out_features, self.in_features)),
+                          self.weight_dtype, self.blocksize, self.code_type, self.absmax2, self.offset)  # fmt: skip
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """The (out_features, in_features) weight as the layer uses it, in its original dtype."""
+        return dequantize_4bit(self.state)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (..., in_features) -> (..., out_features), in x's dtype."""
+        weight = self.dequantized_weight().to(x.dtype)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return F.linear(x, weight, bias)
+
+    def extra_repr(self) -> str:
+        dq = ", double_quant" if self.absmax2 is not None else ""
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"{self.code_type}, blocksize={self.blocksize}{dq}")  # fmt: skip
