@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import torch
 import torch.nn.functional as F
@@ -149,8 +149,10 @@ def dynamic_codebook() -> torch.Tensor:
     return torch.tensor(sorted(data), dtype=torch.float32)
 
 
-@lru_cache(maxsize=None)
-def _tables(code_type: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+@cache
+def _tables(
+    code_type: str, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(code, midpoints, sorted->code index, (256, 2) byte->value-pair table) for fast (de)quantisation."""
     code = codebook(code_type).to(device)
     # Stable sort: FP4 and int4 hold +0 and -0; bitsandbytes' CPU argsort puts +0 (index 0) first.
@@ -168,7 +170,9 @@ def _tables(code_type: str, device: torch.device) -> tuple[torch.Tensor, torch.T
 
 def _check_blocksize(blocksize: int, name: str = "blocksize") -> None:
     if isinstance(blocksize, bool) or not isinstance(blocksize, int):
-        raise TypeError(f"{name} must be an int, one of {BLOCKSIZES}, got {type(blocksize).__name__} {blocksize!r}")
+        raise TypeError(
+            f"{name} must be an int, one of {BLOCKSIZES}, got {type(blocksize).__name__} {blocksize!r}"
+        )
     if blocksize not in BLOCKSIZES:
         raise ValueError(
             f"{name} must be a power of two from 32 to 4096 (what bitsandbytes' quantize_4bit accepts: "
@@ -180,7 +184,9 @@ def _check_weight(w: torch.Tensor, name: str = "w") -> None:
     if not isinstance(w, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(w).__name__}")
     if not w.dtype.is_floating_point:
-        raise TypeError(f"{name} must be a floating-point tensor (float32, float16 or bfloat16), got {w.dtype}")
+        raise TypeError(
+            f"{name} must be a floating-point tensor (float32, float16 or bfloat16), got {w.dtype}"
+        )
     if w.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"{name} must be float32, float16 or bfloat16 (as in bitsandbytes), got {w.dtype}; "
                         f"convert it with {name}.float()")  # fmt: skip
@@ -216,7 +222,7 @@ def unpack_4bit(packed: torch.Tensor, n: int) -> torch.Tensor:
 _LUT_SIZE = 65536  # bitsandbytes' CPU kernel discretises [-1, 1] into this many bins before the code look-up
 
 
-@lru_cache(maxsize=None)
+@cache
 def _dynamic_lut(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(dynamic code (256,), look-up table (65536,) uint8: LUT bin -> nearest code index)."""
     code = dynamic_codebook().to(device)
@@ -248,7 +254,9 @@ def quantize_blockwise_8bit(x: torch.Tensor, blocksize: int = 256) -> tuple[torc
     return codes.reshape(-1)[:n].to(torch.uint8), absmax
 
 
-def dequantize_blockwise_8bit(codes: torch.Tensor, absmax: torch.Tensor, blocksize: int = 256) -> torch.Tensor:
+def dequantize_blockwise_8bit(
+    codes: torch.Tensor, absmax: torch.Tensor, blocksize: int = 256
+) -> torch.Tensor:
     """(n,) uint8 codes and their (blocks,) absmax -> (n,) float32 values ``code[q] * absmax[block]``."""
     code, _ = _dynamic_lut(codes.device)
     n = codes.numel()
@@ -389,7 +397,11 @@ dequantize_nf4 = dequantize_4bit  # one decoder for every code type: the state s
 
 
 def bits_per_parameter(
-    blocksize: int = 64, double_quant: bool = False, *, code_bits: int = 4, block2: int = DOUBLE_QUANT_BLOCKSIZE
+    blocksize: int = 64,
+    double_quant: bool = False,
+    *,
+    code_bits: int = 4,
+    block2: int = DOUBLE_QUANT_BLOCKSIZE,
 ) -> float:
     """Storage bits per weight: ``code_bits + 32 / blocksize`` (a float32 absmax per block), or with double
     quantisation ``code_bits + 8 / blocksize + 32 / (blocksize * block2)`` (8-bit absmax, a float32 scale per
@@ -468,7 +480,9 @@ class NF4Linear(nn.Module):
         """Quantise an ``nn.Linear``'s weight (its bias stays in full precision)."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
-        return cls(linear.weight, linear.bias, code_type=code_type, blocksize=blocksize, double_quant=double_quant)
+        return cls(
+            linear.weight, linear.bias, code_type=code_type, blocksize=blocksize, double_quant=double_quant
+        )
 
     @property
     def state(self) -> QuantState:

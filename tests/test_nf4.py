@@ -3,6 +3,7 @@ accounting, and the frozen 4-bit layer with a LoRA adapter (QLoRA from scratch).
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import pytest
@@ -10,9 +11,10 @@ import torch
 from torch import nn
 
 import lora101  # noqa: F401  (before bitsandbytes: silences its CPU kernel warning)
-import bitsandbytes.functional as BF  # noqa: E402
-from lora101 import nf4  # noqa: E402
-from lora101.lora import LoRALinear  # noqa: E402
+from lora101 import nf4
+from lora101.lora import LoRALinear
+
+BF = importlib.import_module("bitsandbytes.functional")  # after lora101, which silences its CPU warning
 
 LAYERS = (  # several shapes of real SmolLM2 weights
     "model.layers.0.self_attn.q_proj.weight",  # 576 x 576
@@ -31,11 +33,15 @@ def real_weights(base_model_dir) -> dict[str, torch.Tensor]:
 
 
 def _bnb(w: torch.Tensor, quant_type: str, blocksize: int, double_quant: bool):
-    packed, state = BF.quantize_4bit(w, blocksize=blocksize, quant_type=quant_type, compress_statistics=double_quant)
+    packed, state = BF.quantize_4bit(
+        w, blocksize=blocksize, quant_type=quant_type, compress_statistics=double_quant
+    )
     return packed, state, BF.dequantize_4bit(packed, state)
 
 
-def _assert_same_as_bnb(w: torch.Tensor, quant_type: str = "nf4", blocksize: int = 64, double_quant: bool = False):
+def _assert_same_as_bnb(
+    w: torch.Tensor, quant_type: str = "nf4", blocksize: int = 64, double_quant: bool = False
+):
     packed, state, ref = _bnb(w, quant_type, blocksize, double_quant)
     ours = nf4.quantize_4bit(w, quant_type, blocksize, double_quant)
     assert torch.equal(ours.packed, packed.reshape(-1)), "packed codes differ"
@@ -50,11 +56,17 @@ def _assert_same_as_bnb(w: torch.Tensor, quant_type: str = "nf4", blocksize: int
         # block (its own round trip then has about twice the error). Decode bitsandbytes' packed codes and
         # absmax directly instead: code[q] * absmax of the block, blocks running over the flattened tensor.
         q = torch.stack([packed.reshape(-1) >> 4, packed.reshape(-1) & 15], 1).reshape(-1)[: w.numel()].long()
-        absmax = BF.dequantize_blockwise(state.absmax, state.state2) + state.offset if double_quant else state.absmax
+        absmax = (
+            BF.dequantize_blockwise(state.absmax, state.state2) + state.offset
+            if double_quant
+            else state.absmax
+        )
         scale = absmax.repeat_interleave(blocksize)[: w.numel()]
         ref = (nf4.codebook(quant_type)[q] * scale).reshape(w.shape).to(w.dtype)
     if w.dim() == 1 and ref.shape == (1, w.numel()):
-        ref = ref.reshape(w.shape)  # bitsandbytes' C++ CPU dequantiser returns a 1-D tensor as (1, n); we keep (n,)
+        ref = ref.reshape(
+            w.shape
+        )  # bitsandbytes' C++ CPU dequantiser returns a 1-D tensor as (1, n); we keep (n,)
     assert torch.equal(out, ref), "dequantised tensors differ"
 
 
@@ -77,7 +89,9 @@ def test_fp4_int4_dynamic_codebooks_equal_bitsandbytes():
     """FP4 and int4 tables in bitsandbytes' code order, and the 8-bit dynamic code, equal bitsandbytes'."""
     assert torch.equal(nf4.fp4_codebook(), BF.get_4bit_type("fp4", device="cpu"))
     # bitsandbytes' own get_4bit_type("int4") fails in 0.50 (its integer table cannot be divided in place)
-    expected_int4 = torch.tensor([7, 6, 5, 4, 3, 2, 1, 0, 0, -1, -2, -3, -4, -5, -6, -7], dtype=torch.float32) / 7
+    expected_int4 = (
+        torch.tensor([7, 6, 5, 4, 3, 2, 1, 0, 0, -1, -2, -3, -4, -5, -6, -7], dtype=torch.float32) / 7
+    )
     assert torch.equal(nf4.int4_codebook(), expected_int4)
     assert torch.equal(nf4.dynamic_codebook(), BF.create_dynamic_map())
     with pytest.raises(ValueError, match="code_type"):
@@ -262,11 +276,15 @@ def test_nf4linear_forward_equals_bitsandbytes_linear4bit():
     ours = nf4.NF4Linear.from_linear(lin, double_quant=True)
     assert (ours.in_features, ours.out_features) == (192, 96)
     assert list(ours.parameters()) == []  # nothing to train in the base
-    theirs = bnb.nn.Linear4bit(192, 96, compute_dtype=torch.float32, compress_statistics=True, quant_type="nf4")
+    theirs = bnb.nn.Linear4bit(
+        192, 96, compute_dtype=torch.float32, compress_statistics=True, quant_type="nf4"
+    )
     theirs.load_state_dict(lin.state_dict())
     theirs = theirs.to("cpu")  # quantises on the move, like a model load
     x = torch.randn(5, 7, 192)
-    assert torch.equal(ours.dequantized_weight(), BF.dequantize_4bit(theirs.weight.data, theirs.weight.quant_state))
+    assert torch.equal(
+        ours.dequantized_weight(), BF.dequantize_4bit(theirs.weight.data, theirs.weight.quant_state)
+    )
     torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=1e-6)
     assert ours(x.bfloat16()).dtype == torch.bfloat16
     no_bias = nf4.NF4Linear(lin.weight)
