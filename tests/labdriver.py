@@ -337,10 +337,16 @@ async (path) => {{
 """
 
 JS_SCROLLER = """
-() => {
-  const nb = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-WindowedPanel-outer')
-        || document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook');
-  return {scroll: nb.scrollHeight, client: nb.clientHeight};
+(toTop) => {
+  // The notebook scrolls inside its panel: its content height is the bottom of the last cell
+  // (JupyterLab adds empty room below it so the last cell can scroll up).
+  const panel = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden)');
+  const outer = panel.querySelector('.jp-WindowedPanel-outer') || panel.querySelector('.jp-Notebook');
+  if (toTop) outer.scrollTop = 0;
+  const cells = panel.querySelectorAll('.jp-Cell');
+  const last = cells[cells.length - 1];
+  const bottom = last ? last.getBoundingClientRect().bottom - outer.getBoundingClientRect().top + outer.scrollTop : 0;
+  return {scroll: Math.ceil(bottom) + 40, client: outer.clientHeight};
 }
 """
 
@@ -486,7 +492,7 @@ def poke_widget(page, index: int, kind: str, timeout: float = 60.0) -> tuple[str
 def screenshot(page, path: Path, max_height: int = 12000) -> list[Path]:
     """Save the whole notebook: the viewport grows to the notebook's height (in parts beyond max_height)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    size = page.evaluate(JS_SCROLLER)
+    size = page.evaluate(JS_SCROLLER, True)
     width = page.viewport_size["width"]
     chrome = 1000 - size["client"] if size["client"] else 150  # toolbar, tabs, status bar
     total = size["scroll"]
@@ -494,12 +500,13 @@ def screenshot(page, path: Path, max_height: int = 12000) -> list[Path]:
     if total + chrome <= max_height:
         page.set_viewport_size({"width": width, "height": max(1000, total + chrome)})
         page.wait_for_timeout(500)
+        page.evaluate(JS_SCROLLER, True)
         page.screenshot(path=str(path))
         saved.append(path)
     else:
         page.set_viewport_size({"width": width, "height": max_height})
         page.wait_for_timeout(500)
-        step = page.evaluate(JS_SCROLLER)["client"]
+        step = page.evaluate(JS_SCROLLER, True)["client"]
         part, top = 1, 0
         while top < total:
             page.evaluate(
