@@ -207,6 +207,9 @@ def test_fresh_venv_from_binder_runs_lesson_1(tmp_path):
     )
     # A fresh model cache too, so that postBuild's conversion is tested, not the developer's cache.
     env["LORA101_CACHE"] = str(tmp_path / "model-cache")
+    # Only this venv's own kernel and Jupyter set-up: nothing from the developer's home folder.
+    for name in ("JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR", "IPYTHONDIR"):
+        env[name] = str(tmp_path / name.lower())
     # binder/requirements.txt names PyTorch's CPU index; where that host is unreachable (closed CI
     # networks) pip would retry it five times for every package. Binder reaches it; here one try is enough.
     env.setdefault("PIP_RETRIES", "0")
