@@ -10,7 +10,8 @@ Browser: Debian's `chromium`, driven by Playwright's Python package through `exe
 browser download. Without Chromium or Playwright the tests skip with the reason, except under CI
 (CI=true), where a missing browser is a failure. `tests/browser/ensure_chromium.sh` installs it.
 
-Knobs: LORA101_BROWSER_TIMEOUT (seconds a notebook may take to run, default 900),
+Knobs: LORA101_BROWSER_TIMEOUT (seconds a notebook may take to run, default 900), LORA101_MAX_SILENCE
+(seconds a running lesson may show nothing new, default 60),
 LORA101_CHROMIUM (another Chromium executable), LORA101_SCREENSHOTS (another screenshot folder).
 """
 
@@ -27,6 +28,9 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SCREENSHOTS = Path(os.environ.get("LORA101_SCREENSHOTS", REPO / "test-artifacts" / "screenshots"))
 TIMEOUT = float(os.environ.get("LORA101_BROWSER_TIMEOUT", "900"))
+# "Nothing a learner runs sits silent for more than a few seconds": the longest a lesson may show
+# nothing new (no output, no progress-bar tick) while a cell runs, measured on the page.
+MAX_SILENCE = float(os.environ.get("LORA101_MAX_SILENCE", "60"))
 LESSONS = sorted((REPO / "lessons").glob("[0-9][0-9]_*.ipynb"))
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
@@ -238,6 +242,10 @@ def test_lesson_in_jupyterlab(lab, lesson: Path):
     )
     assert report.widget_outputs >= stored_widgets, (
         f"{rel}: the stored notebook has {stored_widgets} widgets, JupyterLab showed {report.widget_outputs}"
+    )
+    assert report.longest_silence <= MAX_SILENCE, (
+        f"{rel}: the notebook showed nothing new for {report.longest_silence:.0f} s while a cell ran "
+        f"(limit {MAX_SILENCE:.0f} s, LORA101_MAX_SILENCE): a long step needs a progress bar"
     )
     poked = _check_widgets_respond(page, rel)
     _finish(page, rel, lesson.stem, report, extra=f"; widgets answered: {', '.join(poked) or 'none to poke'}")
