@@ -1,0 +1,12 @@
+"""nbgrader configuration of the lora101 course (run nbgrader commands from this folder).
+
+The settings live in lora101.grading.grading_config, shared with `lora101 grade` and the tests: a cell
+timeout, kernel-death recovery, restored test cells, and a cap on output lines.
+"""
+
+import os
+
+from lora101.grading import grading_config
+
+c = get_config()  # noqa: F821 (nbgrader provides it)
+c.merge(grading_config(os.path.dirname(os.path.abspath(__file__))))

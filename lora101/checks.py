@@ -1,0 +1,409 @@
+"""Answer checks for the graded exercises (``exercises/``): each raises ``AssertionError`` with a message
+that says what is wrong and hints at why.
+
+Test cells in the exercises call these after a fresh reload::
+
+    import importlib, lora101.checks
+    checks = importlib.reload(lora101.checks)
+
+Reloading re-runs this module, which (1) replaces any function a learner's cell patched on the module and
+(2) puts back the comparison helpers a learner's cell might have replaced (``torch.allclose``,
+``torch.equal``...; comparisons of numbers use a private ``_isclose``). The reference values come from the package (``lora101.lora``,
+``lora101.memory``) or from first principles written out here; hidden tests in the notebooks compare
+against independent values as well. A determined learner can still subvert a Python kernel they control
+(for example by replacing ``importlib.reload`` itself); these defences stop the plausible shortcuts, and
+a tampered reload fails closed (an error, hence zero points) rather than open.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = [
+    "SMOLLM2_SHAPE",
+    "NF4_CODE",
+    "lora_params",
+    "linear_shapes",
+    "model_lora_params",
+    "training_memory",
+    "lora_init",
+    "lora_forward",
+    "lora_merge",
+    "absmax_blocks",
+    "nf4_codes",
+    "pack_nibbles",
+    "dequantize",
+    "bits_per_param",
+    "bnb_config",
+    "lora_config",
+    "trainable_params",
+    "choose_route",
+    "reference_route",
+]
+
+
+def _untamper() -> None:
+    """Put back comparison helpers a learner's cell may have monkeypatched (the C originals)."""
+    vf = torch._C._VariableFunctions
+    for name in ("allclose", "equal", "isclose", "all", "any"):
+        setattr(torch, name, getattr(vf, name))
+
+
+_untamper()
+
+
+def _isclose(a: float, b: float, rel_tol: float = 1e-9, abs_tol: float = 0.0) -> bool:
+    """math.isclose, written out here so that patching math.isclose cannot change a check."""
+    a, b = float(a), float(b)
+    return abs(a - b) <= max(rel_tol * max(abs(a), abs(b)), abs_tol)
+
+# SmolLM2-135M-Instruct's shapes (its config.json): what exercise 1 and 4 count with.
+SMOLLM2_SHAPE = dict(layers=30, hidden=576, intermediate=1536, heads=9, kv_heads=3, head_dim=64, vocab=49152)
+
+# bitsandbytes' NF4 code: 16 values, normal quantiles scaled to [-1, 1], with an exact zero.
+NF4_CODE = [
+    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
+    -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
+    0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
+    0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
+]  # fmt: skip
+
+
+def _close(got, want, rel=1e-9, what="the value") -> None:
+    assert isinstance(got, (int, float)) and not isinstance(got, bool), (
+        f"{what} should be a number, got {type(got).__name__} ({got!r})"
+    )
+    assert _isclose(float(got), float(want), rel_tol=rel, abs_tol=1e-12), f"{what}: got {got}, expected {want}"
+
+
+# ---------------------------------------------------------------- 1. memory arithmetic
+
+
+def _memory_shape():
+    from lora101.memory import ModelShape
+
+    s = SMOLLM2_SHAPE
+    return ModelShape("smollm2-135m", s["hidden"], s["layers"], s["intermediate"], s["vocab"], s["heads"],
+                      s["kv_heads"], s["head_dim"], True)  # fmt: skip
+
+
+def lora_params(fn) -> None:
+    """``fn(d_in, d_out, r)``: the adapter parameters of one linear layer, ``r * (d_in + d_out)``."""
+    got = fn(576, 576, 8)
+    assert got != 576 * 576, "that is the layer's own weight count; the adapter is A (r x d_in) plus B (d_out x r)"
+    _close(got, 8 * (576 + 576), what="lora_params(576, 576, 8)")
+    got = fn(576, 192, 4)
+    assert got != 2 * 576 * 4, (
+        "lora_params(576, 192, 4): A has r x d_in entries and B has d_out x r; a non-square layer has d_in != d_out"
+    )
+    _close(got, 4 * (576 + 192), what="lora_params(576, 192, 4)")
+
+
+def linear_shapes(fn) -> None:
+    """``fn(shape_dict)`` -> {name: (in_features, out_features)} for one block."""
+    want = _memory_shape().linear_shapes()
+    got = fn(dict(SMOLLM2_SHAPE))
+    assert isinstance(got, dict), f"linear_shapes should return a dict, got {type(got).__name__}"
+    assert set(got) == set(want), f"expected the seven projections {sorted(want)}, got {sorted(got)}"
+    for name, (fin, fout) in want.items():
+        assert tuple(got[name]) == (fin, fout), (
+            f"{name}: got {tuple(got[name])}, expected (in_features, out_features) = {(fin, fout)}"
+            + ("; k/v project to kv_heads * head_dim (grouped-query attention)" if name in ("k_proj", "v_proj") else "")
+            + ("; (in, out), not (out, in)" if tuple(got[name]) == (fout, fin) else "")
+        )
+
+
+def model_lora_params(fn) -> None:
+    """``fn(shape_dict, r, target_modules)``: adapter parameters over all layers, checked by lora101.memory."""
+    from lora101.memory import lora_parameter_count
+
+    shape = _memory_shape()
+    for r, targets in ((8, ["q_proj", "v_proj"]), (16, ["q_proj", "k_proj", "v_proj", "o_proj"])):
+        want = lora_parameter_count(shape, r, targets)
+        got = fn(dict(SMOLLM2_SHAPE), r, list(targets))
+        if isinstance(got, (int, float)) and got * SMOLLM2_SHAPE["layers"] == want:
+            raise AssertionError(f"r={r}, {targets}: {got} is one layer; every one of the 30 blocks has these projections")
+        _close(got, want, what=f"model_lora_params(SMOLLM2, r={r}, {targets})")
+
+
+# Exercise 1's stated assumptions, in bytes per parameter.
+FULL_BYTES = 2 + 2 + 8 + 4  # bf16 weight + bf16 gradient + AdamW's two fp32 moments + fp32 master copy
+ADAPTER_BYTES = 4 + 4 + 8  # fp32 adapter weight + fp32 gradient + AdamW moments
+
+
+def reference_memory_gb(n_params: float, method: str, n_trainable: float = 0) -> float:
+    """Exercise 1's model answer: weights + gradients + optimizer (+ master weights), no activations, in 1e9 B."""
+    from lora101.memory import NF4_BITS
+
+    if method == "full":
+        return n_params * FULL_BYTES / 1e9
+    base = {"lora": 2.0, "qlora": NF4_BITS / 8}[method]
+    return (n_params * base + n_trainable * ADAPTER_BYTES) / 1e9
+
+
+def training_memory(fn) -> None:
+    """``fn(n_params, method, n_trainable)`` in decimal GB under the notebook's stated assumptions."""
+    got = fn(7e9, "full", 0)
+    if isinstance(got, (int, float)):
+        assert not _isclose(got, 7e9 * 12 / 1e9), "full fine-tuning: 12 B/param forgets the fp32 master copy (4 B)"
+        assert not _isclose(got, 7e9 * 16 / 2**30), "use decimal gigabytes (1e9 bytes), as GPU spec sheets do"
+    _close(got, reference_memory_gb(7e9, "full"), rel=1e-6, what="training_memory_gb(7e9, 'full')")
+    got = fn(7e9, "lora", 40e6)
+    _close(got, reference_memory_gb(7e9, "lora", 40e6), rel=1e-6,
+           what="training_memory_gb(7e9, 'lora', 40e6) (frozen bf16 base: weights only; adapters pay 16 B each)")
+    got = fn(7e9, "qlora", 40e6)
+    if isinstance(got, (int, float)) and _isclose(got, (7e9 * 0.5 + 40e6 * 16) / 1e9):
+        raise AssertionError("qlora: 4 bits is only the codes; each block of 64 also stores its (quantised) absmax")
+    _close(got, reference_memory_gb(7e9, "qlora", 40e6), rel=1e-6, what="training_memory_gb(7e9, 'qlora', 40e6)")
+
+
+# ---------------------------------------------------------------- 2. a LoRA layer
+
+
+def _layer(cls, fin=20, fout=12, r=4, alpha=8.0, seed=0):
+    torch.manual_seed(seed)
+    base = nn.Linear(fin, fout)
+    w0 = base.weight.detach().clone()
+    layer = cls(base, r, alpha)
+    return base, w0, layer
+
+
+def _reference(base: nn.Linear, layer, r, alpha):
+    from lora101.lora import LoRALinear
+
+    ref_base = nn.Linear(base.in_features, base.out_features)
+    ref_base.load_state_dict(base.state_dict())
+    ref = LoRALinear(ref_base, r, alpha)
+    with torch.no_grad():
+        ref.lora_A.copy_(layer.lora_A)
+        ref.lora_B.copy_(layer.lora_B)
+    return ref
+
+
+def lora_init(cls, fin=20, fout=12, r=4, alpha=8.0) -> None:
+    """Shapes (PEFT's convention), B zero, A not zero, base frozen, scaling alpha / r."""
+    base, w0, layer = _layer(cls, fin, fout, r, alpha)
+    for name in ("lora_A", "lora_B"):
+        assert isinstance(getattr(layer, name, None), nn.Parameter), f"{name} should be an nn.Parameter (trainable)"
+    A, B = layer.lora_A, layer.lora_B
+    assert tuple(A.shape) == (r, fin), (
+        f"lora_A has shape {tuple(A.shape)}; expected (r, in_features) = {(r, fin)}: A maps the input down to r"
+    )
+    assert tuple(B.shape) == (fout, r), f"lora_B has shape {tuple(B.shape)}; expected (out_features, r) = {(fout, r)}"
+    assert torch.count_nonzero(B.detach()) == 0, "lora_B must start at zero, so that a new adapter changes nothing"
+    assert torch.count_nonzero(A.detach()) > 0, "lora_A must not start at zero: with A = B = 0 no gradient reaches B"
+    assert A.requires_grad and B.requires_grad, "A and B are what trains: they need requires_grad=True"
+    assert not base.weight.requires_grad, "the base weight must be frozen (requires_grad=False)"
+    assert not _isclose(float(layer.scaling), r / alpha), "scaling is alpha / r, not r / alpha"
+    _close(float(layer.scaling), alpha / r, what=f"scaling for r={r}, alpha={alpha}")
+    x = torch.randn(3, fin)
+    with torch.no_grad():
+        assert torch.allclose(layer(x), base(x), atol=1e-6), "with B = 0 the layer's output must equal the base's"
+
+
+def lora_forward(cls, fin=20, fout=12, r=4, alpha=8.0, batch_shape=(3,)) -> None:
+    """With a non-zero B, forward equals base(x) + scaling * x A^T B^T (lora101.lora.LoRALinear's output)."""
+    base, _, layer = _layer(cls, fin, fout, r, alpha)
+    with torch.no_grad():
+        layer.lora_B.normal_()  # a trained adapter: B no longer zero
+    ref = _reference(base, layer, r, alpha)
+    x = torch.randn(*batch_shape, fin)
+    with torch.no_grad():
+        got, want = layer(x), ref(x)
+        assert tuple(got.shape) == tuple(want.shape), f"output shape {tuple(got.shape)}, expected {tuple(want.shape)}"
+        unscaled = base(x) + x @ layer.lora_A.T @ layer.lora_B.T
+        assert not (alpha != r and torch.allclose(got, unscaled, atol=1e-5)), "the adapter's output must be scaled by alpha / r"
+        assert torch.allclose(got, want, atol=1e-5), (
+            f"forward differs from base(x) + (alpha/r) * x @ A.T @ B.T by up to {(got - want).abs().max():.3g}"
+        )
+
+
+def lora_merge(cls, fin=20, fout=12, r=4, alpha=8.0) -> None:
+    """merge() folds scaling * B @ A into the weight (same outputs, merged=True); unmerge() restores it."""
+    base, w0, layer = _layer(cls, fin, fout, r, alpha)
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    x = torch.randn(5, fin)
+    with torch.no_grad():
+        before = layer(x)
+        layer.merge()
+        assert getattr(layer, "merged", None) is True, "after merge(), layer.merged should be True"
+        want_w = w0 + (alpha / r) * layer.lora_B @ layer.lora_A
+        assert torch.allclose(base.weight, want_w, atol=1e-5), (
+            "after merge() the base weight should be W + (alpha/r) * B @ A"
+            + (" (the scaling is missing)" if torch.allclose(base.weight, w0 + layer.lora_B @ layer.lora_A, atol=1e-5) else "")
+        )
+        after = layer(x)
+        assert torch.allclose(after, before, atol=1e-5), (
+            "merged forward differs from the unmerged one: once merged, the adapter must not be added again"
+        )
+        layer.unmerge()
+        assert getattr(layer, "merged", None) is False, "after unmerge(), layer.merged should be False"
+        assert torch.allclose(base.weight, w0, atol=1e-6), "unmerge() should restore the original weight"
+        assert torch.allclose(layer(x), before, atol=1e-5), "after unmerge() the forward should be as before"
+
+
+# ---------------------------------------------------------------- 3. NF4
+
+
+def _gauss(n: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, generator=g) * 0.02
+
+
+def reference_absmax(w: torch.Tensor, blocksize: int) -> torch.Tensor:
+    flat = w.reshape(-1).float()
+    return torch.stack([flat[i : i + blocksize].abs().max() for i in range(0, flat.numel(), blocksize)])
+
+
+def reference_codes(w: torch.Tensor, blocksize: int) -> torch.Tensor:
+    code = torch.tensor(NF4_CODE)
+    flat = w.reshape(-1).float()
+    scale = reference_absmax(w, blocksize).repeat_interleave(blocksize)[: flat.numel()]
+    return (flat / scale).unsqueeze(1).sub(code).abs().argmin(1).to(torch.uint8)
+
+
+def absmax_blocks(fn) -> None:
+    """``fn(w, blocksize)`` -> one absmax per block of the flattened tensor, the last block possibly partial."""
+    w = _gauss(64 * 5).reshape(20, 16)
+    got = fn(w, 64)
+    assert isinstance(got, torch.Tensor), f"return a tensor, got {type(got).__name__}"
+    assert got.numel() == 5, f"320 values in blocks of 64 make 5 blocks, got {got.numel()} constants"
+    assert torch.allclose(got.reshape(-1).float(), reference_absmax(w, 64)), "each constant is max(|w|) over its block"
+    w = _gauss(64 * 3 + 10, seed=1)
+    got = fn(w, 64)
+    assert got.numel() == 4, f"202 values in blocks of 64: 3 full blocks and a partial one, 4 constants; got {got.numel()}"
+    assert torch.allclose(got.reshape(-1).float(), reference_absmax(w, 64)), "the partial last block gets its own absmax"
+
+
+def nf4_codes(fn) -> None:
+    """``fn(w, blocksize)`` -> uint8 code indices (0..15), nearest NF4 value to w / absmax of its block."""
+    w = _gauss(64 * 4)
+    got = fn(w, 64)
+    assert isinstance(got, torch.Tensor) and got.numel() == w.numel(), "one code per weight, as a tensor"
+    assert int(got.min()) >= 0 and int(got.max()) <= 15, "codes are indices 0..15 into the NF4 code"
+    want = reference_codes(w, 64)
+    bad = (got.reshape(-1).to(torch.int64) != want.to(torch.int64)).sum().item()
+    assert bad == 0, f"{bad} of {w.numel()} codes differ from the nearest NF4 value to w / absmax (its block's)"
+
+
+def pack_nibbles(fn) -> None:
+    """``fn(codes)`` -> uint8 bytes, two codes a byte, the first code in the high nibble (bitsandbytes' order)."""
+    codes = torch.tensor([1, 2, 15, 0, 7, 8], dtype=torch.uint8)
+    got = fn(codes)
+    assert isinstance(got, torch.Tensor) and got.dtype == torch.uint8, "pack into a uint8 tensor"
+    assert got.numel() == 3, f"6 codes make 3 bytes, got {got.numel()}"
+    assert got.reshape(-1).tolist() != [0x21, 0x0F, 0x87], "nibble order: bitsandbytes puts the FIRST code in the HIGH nibble"
+    assert got.reshape(-1).tolist() == [0x12, 0xF0, 0x78], f"expected bytes [0x12, 0xF0, 0x78], got {got.reshape(-1).tolist()}"
+    got = fn(torch.tensor([3, 4, 5], dtype=torch.uint8))
+    assert got.reshape(-1).tolist() == [0x34, 0x50], "an odd count: the last byte holds the last code and a zero low nibble"
+
+
+def dequantize(fn, quantize) -> None:
+    """``fn(packed, absmax, n, blocksize)`` -> float32 (n,) = NF4_CODE[code] * absmax of its block."""
+    w = _gauss(64 * 3 + 6, seed=2)
+    packed, absmax = quantize(w, 64)
+    got = fn(packed, absmax, w.numel(), 64)
+    assert isinstance(got, torch.Tensor) and got.numel() == w.numel(), f"expected {w.numel()} values back"
+    code = torch.tensor(NF4_CODE)
+    want = code[reference_codes(w, 64).long()] * reference_absmax(w, 64).repeat_interleave(64)[: w.numel()]
+    assert torch.allclose(got.reshape(-1).float(), want, atol=1e-7), "each value is NF4_CODE[code] * absmax of its block"
+
+
+def bits_per_param(fn) -> None:
+    """``fn(blocksize, double_quant)``: 4 + 32/blocksize, or 4 + 8/blocksize + 32/(blocksize*256) with double quant."""
+    _close(fn(64, False), 4 + 32 / 64, what="bits_per_param(64, double_quant=False)")
+    got = fn(64, True)
+    if isinstance(got, (int, float)) and _isclose(got, 4 + 8 / 64):
+        raise AssertionError("double quantisation also stores an fp32 constant per 256 blocks: 32 / (64 * 256) bits")
+    _close(got, 4 + 8 / 64 + 32 / (64 * 256), what="bits_per_param(64, double_quant=True)")
+
+
+# ---------------------------------------------------------------- 4. QLoRA configuration
+
+
+def bnb_config(cfg) -> None:
+    """The stated constraints: 4-bit NF4, double quantisation, compute in bfloat16."""
+    from transformers import BitsAndBytesConfig
+
+    assert isinstance(cfg, BitsAndBytesConfig), f"return a transformers.BitsAndBytesConfig, got {type(cfg).__name__}"
+    assert cfg.load_in_4bit and not cfg.load_in_8bit, "load the base in 4 bits (load_in_4bit=True)"
+    assert cfg.bnb_4bit_quant_type == "nf4", f"quant type {cfg.bnb_4bit_quant_type!r}: QLoRA uses 'nf4'"
+    assert cfg.bnb_4bit_use_double_quant, "double quantisation saves about 0.37 bits a parameter: turn it on"
+    assert cfg.bnb_4bit_compute_dtype == torch.bfloat16, (
+        f"compute dtype {cfg.bnb_4bit_compute_dtype}: the constraint asks for bfloat16"
+    )
+
+
+def lora_config(cfg, r=16, alpha=32, dropout=0.05, targets=("q_proj", "k_proj", "v_proj", "o_proj")) -> None:
+    """A peft.LoraConfig with the stated rank, alpha, dropout, attention targets and task type."""
+    from peft import LoraConfig
+
+    assert isinstance(cfg, LoraConfig), f"return a peft.LoraConfig, got {type(cfg).__name__}"
+    assert cfg.r == r, f"r = {cfg.r}, the constraint says {r}"
+    assert cfg.lora_alpha == alpha, f"lora_alpha = {cfg.lora_alpha}: scaling alpha/r = 2 needs alpha = {alpha}"
+    assert _isclose(cfg.lora_dropout, dropout), f"lora_dropout = {cfg.lora_dropout}, expected {dropout}"
+    got = set(cfg.target_modules) if not isinstance(cfg.target_modules, str) else {cfg.target_modules}
+    assert got == set(targets), f"target_modules {sorted(got)}: all four attention projections, {list(targets)}"
+    assert str(getattr(cfg.task_type, "value", cfg.task_type)) == "CAUSAL_LM", "task_type should be CAUSAL_LM"
+    assert cfg.bias == "none", "train no biases (bias='none'): SmolLM2's projections have none anyway"
+
+
+def trainable_params(got, r=16, targets=("q_proj", "k_proj", "v_proj", "o_proj")) -> None:
+    """The adapter's trainable parameters on SmolLM2-135M (lora101.memory.lora_parameter_count)."""
+    from lora101.memory import lora_parameter_count
+
+    want = lora_parameter_count(_memory_shape(), r, targets)
+    assert isinstance(got, int) and not isinstance(got, bool), f"give an int, got {type(got).__name__}"
+    assert got != want // SMOLLM2_SHAPE["layers"], "that is one block; SmolLM2 has 30"
+    assert got == want, f"got {got:,}; expected {want:,} trainable parameters (k/v are 576 -> 192)"
+
+
+# ---------------------------------------------------------------- 5. tradeoffs: the decision path
+
+
+HEADROOM = 1.2
+
+
+def reference_route(c: dict) -> str:
+    """Exercise 5's decision path (prompting, clarify, full, lora, qlora, smaller_model)."""
+    from lora101.memory import NF4_BITS
+
+    if c["prompting_good_enough"]:
+        return "prompting"
+    if not c["task_boundary_clear"]:
+        return "clarify"
+    gb = c["n_params"] / 1e9
+    if c["want_full_capacity"] and gb * FULL_BYTES <= c["gpu_memory_gb"]:
+        return "full"
+    if gb * 2 * HEADROOM <= c["gpu_memory_gb"]:
+        return "lora"
+    if gb * NF4_BITS / 8 * HEADROOM <= c["gpu_memory_gb"]:
+        return "qlora"
+    return "smaller_model"
+
+
+def route_cases() -> list[dict]:
+    """Constraint sets that walk every branch of the path (seed 002's 12 GB example among them)."""
+    base = dict(prompting_good_enough=False, task_boundary_clear=True, n_params=7e9, gpu_memory_gb=12,
+                want_full_capacity=False)  # fmt: skip
+    cases = [
+        base,
+        {**base, "prompting_good_enough": True},
+        {**base, "task_boundary_clear": False},
+        {**base, "gpu_memory_gb": 80},
+        {**base, "gpu_memory_gb": 17},
+        {**base, "gpu_memory_gb": 16},
+        {**base, "n_params": 70e9, "gpu_memory_gb": 24},
+        {**base, "n_params": 1e9, "gpu_memory_gb": 16, "want_full_capacity": True},
+        {**base, "n_params": 7e9, "gpu_memory_gb": 80, "want_full_capacity": True},
+        {**base, "n_params": 39.5e9, "gpu_memory_gb": 24},  # 4 bits would fit; NF4's constants do not
+    ]
+    return cases
+
+
+def choose_route(fn) -> None:
+    for c in route_cases():
+        got, want = fn(dict(c)), reference_route(c)
+        assert got == want, f"choose_route({c}) returned {got!r}; the path in the notebook gives {want!r}"

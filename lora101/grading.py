@@ -1,0 +1,260 @@
+"""Grading the exercises with nbgrader, without a Jupyter server or a shared exchange directory.
+
+``lora101 grade SUBMISSIONS_DIR`` takes a folder of learners' notebooks laid out as
+``SUBMISSIONS_DIR/STUDENT/ASSIGNMENT/NOTEBOOK.ipynb`` (or ``SUBMISSIONS_DIR/STUDENT/NOTEBOOK.ipynb``, the
+assignment found from the notebook's name), copies them into a grading folder (an nbgrader course directory
+with its gradebook), autogrades them, writes feedback HTML and a CSV of scores.
+
+Robustness (``grading_config``): each cell has a timeout and is interrupted when it runs out; a cell that
+kills its kernel (``os._exit``) gets an error output and the kernel is restarted with the cells above it
+re-run, so the rest of the notebook is still graded (``RobustExecute``); test cells a learner edited or
+deleted are restored from the source (``OverwriteCells``, with missing cells added back); output is cut to
+``max_output_lines`` lines a cell.
+
+Nothing an instructor made is overwritten silently: if a student's assignment was already autograded in
+the grading folder, it is skipped and reported unless ``--regrade`` is given; with ``--regrade``, the old
+autograded notebooks and feedback are moved aside to a time-stamped backup first, and manual grades in the
+gradebook are kept (nbgrader's autograde updates only the automatic scores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from nbclient.exceptions import DeadKernelError
+from nbformat import NotebookNode
+from nbgrader.preprocessors import Execute
+
+CELL_TIMEOUT_S = 30
+MAX_OUTPUT_LINES = 200
+COURSE_DIR = Path(__file__).resolve().parent.parent / "exercises"
+
+
+class RobustExecute(Execute):
+    """nbgrader's ``Execute``, surviving a kernel that dies in a cell.
+
+    nbgrader gives up on the whole submission when the kernel dies (``DeadKernelError``: no grades at all).
+    Here the cell that killed it gets an error output (so its tests fail for want of its definitions), a
+    fresh kernel is started, the code cells above it are re-run silently (skipping any that killed the
+    kernel too), and execution goes on.
+    """
+
+    def preprocess(self, nb, resources=None, km=None):
+        self._killers: set[int] = set()
+        return super().preprocess(nb, resources, km)
+
+    def preprocess_cell(self, cell, resources, index):
+        try:
+            return super().preprocess_cell(cell, resources, index)
+        except DeadKernelError:
+            self.log.warning("cell %d killed the kernel; restarting it and re-running the cells above", index)
+            self._killers.add(index)
+            cell.outputs = [
+                NotebookNode(
+                    output_type="error",
+                    ename="DeadKernelError",
+                    evalue="the kernel died while running this cell",
+                    traceback=["DeadKernelError: the kernel died while running this cell (os._exit, a crash, "
+                               "running out of memory...); grading restarted it and went on."],
+                )
+            ]
+            self._restart()
+            for i, earlier in enumerate(self.nb.cells[:index]):
+                if earlier.cell_type == "code" and i not in self._killers:
+                    self.execute_cell(earlier.copy(), i, store_history=False)
+            return cell, self.resources
+
+    def _restart(self) -> None:
+        from nbclient.util import run_sync
+
+        run_sync(self.km.restart_kernel)(now=True)
+        if self.kc is not None:
+            self.kc.stop_channels()
+        self.kc = self.km.client()
+        self.kc.start_channels()
+        run_sync(self.kc.wait_for_ready)(timeout=self.startup_timeout)
+        self.kc.allow_stdin = False
+
+
+def grading_config(course_root: Path, cell_timeout: int = CELL_TIMEOUT_S, max_output_lines: int = MAX_OUTPUT_LINES):
+    """The nbgrader configuration for this course (what ``exercises/nbgrader_config.py`` uses too).
+
+    ``course_root`` must be absolute; the exchange directory (unused here) goes inside it, so nothing is
+    written outside the course folder.
+    """
+    from nbconvert.preprocessors import ClearMetadataPreprocessor
+    from nbgrader.preprocessors import (
+        AssignLatePenalties,
+        CheckCellMetadata,
+        IgnorePattern,
+        LimitOutput,
+        SaveAutoGrades,
+    )
+    from traitlets.config import Config
+
+    c = Config()
+    c.CourseDirectory.root = str(Path(course_root).resolve())
+    c.CourseDirectory.course_id = "lora101"
+    c.Exchange.root = str(Path(course_root).resolve() / ".exchange")
+    c.Execute.timeout = int(cell_timeout)
+    c.Execute.interrupt_on_timeout = True
+    c.RobustExecute.timeout = int(cell_timeout)
+    c.OverwriteCells.add_missing_cells = True
+    c.LimitOutput.max_lines = int(max_output_lines)
+    c.LimitOutput.max_traceback = 60
+    c.Autograde.autograde_preprocessors = [
+        RobustExecute,
+        IgnorePattern,
+        ClearMetadataPreprocessor,
+        LimitOutput,
+        SaveAutoGrades,
+        AssignLatePenalties,
+        CheckCellMetadata,
+    ]
+    return c
+
+
+def api_for(course_root: Path, **kwargs):
+    """An in-process ``nbgrader.apps.NbGraderAPI`` for ``course_root`` (no server, no exchange)."""
+    from nbgrader.apps import NbGraderAPI
+    from nbgrader.coursedir import CourseDirectory
+
+    config = grading_config(course_root, **kwargs)
+    return NbGraderAPI(CourseDirectory(config=config), config=config)
+
+
+def assignments(course_root: Path) -> list[str]:
+    """The assignment names: folders of ``source/`` holding a notebook."""
+    return sorted(p.name for p in (Path(course_root) / "source").iterdir() if any(p.glob("*.ipynb")))
+
+
+def _collect(submissions: Path, names: list[str]) -> dict[tuple[str, str], list[Path]]:
+    """(student, assignment) -> notebooks, from STUDENT/ASSIGNMENT/*.ipynb or STUDENT/ASSIGNMENT.ipynb."""
+    found: dict[tuple[str, str], list[Path]] = {}
+    for student in sorted(p for p in submissions.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for item in sorted(student.iterdir()):
+            if item.is_dir() and item.name in names:
+                notebooks = sorted(item.glob("*.ipynb"))
+                if notebooks:
+                    found[(student.name, item.name)] = notebooks
+            elif item.suffix == ".ipynb" and item.stem in names:
+                found.setdefault((student.name, item.stem), []).append(item)
+    return found
+
+
+def grade(
+    submissions: Path,
+    out: Path,
+    course: Path = COURSE_DIR,
+    regrade: bool = False,
+    cell_timeout: int = CELL_TIMEOUT_S,
+    log=print,
+) -> list[dict]:
+    """Collect, autograde and write feedback for every submission under ``submissions``; returns score rows.
+
+    ``out`` becomes an nbgrader course folder (``source/`` copied from ``course``, ``submitted/``,
+    ``autograded/``, ``feedback/``, ``gradebook.db``) and gets ``scores.csv``.
+    """
+    submissions, out, course = Path(submissions).resolve(), Path(out).resolve(), Path(course).resolve()
+    if not submissions.is_dir():
+        raise ValueError(f"SUBMISSIONS_DIR {submissions} is not a folder")
+    if not (course / "source").is_dir():
+        raise ValueError(f"--course {course} has no source/ folder: give the course's exercises/ folder")
+    names = assignments(course)
+    found = _collect(submissions, names)
+    if not found:
+        raise ValueError(
+            f"no submissions found in {submissions}: expected STUDENT/ASSIGNMENT/NOTEBOOK.ipynb with ASSIGNMENT one of {names}"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(course / "source", out / "source", dirs_exist_ok=True)
+    api = api_for(out, cell_timeout=cell_timeout)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    generated = set()
+    rows = []
+    for (student, assignment), notebooks in found.items():
+        done = [out / d / student / assignment for d in ("autograded", "feedback") if (out / d / student / assignment).exists()]
+        if done and not regrade:
+            log(f"skip {student}/{assignment}: already graded in {out} (use --regrade to grade it again)")
+            continue
+        for folder in done:
+            backup = folder.with_name(f"{assignment}.backup-{stamp}")
+            folder.rename(backup)
+            log(f"moved the previous {folder.relative_to(out)} to {backup.relative_to(out)}")
+        if assignment not in generated:
+            result = api.generate_assignment(assignment, force=True)
+            if not result["success"]:
+                raise RuntimeError(f"generate_assignment {assignment} failed:\n{result['log']}{result['error']}")
+            generated.add(assignment)
+        target = out / "submitted" / student / assignment
+        if target.exists():
+            shutil.rmtree(target)
+        target.mkdir(parents=True)
+        for nb in notebooks:
+            shutil.copy2(nb, target / nb.name)
+        log(f"autograding {student}/{assignment} ...")
+        result = api.autograde(assignment, student, force=True, create=True)
+        if not result["success"]:
+            log(f"  autograde failed for {student}/{assignment}:\n{result['error']}")
+            continue
+        result = api.generate_feedback(assignment, student, force=True)
+        if not result["success"]:
+            log(f"  feedback failed for {student}/{assignment}:\n{result['error']}")
+    rows = scores(out)
+    with open(out / "scores.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["student", "assignment", "score", "max_score", "needs_manual_grade"])
+        writer.writeheader()
+        writer.writerows(rows)
+    log(f"wrote {out / 'scores.csv'} ({len(rows)} rows); feedback HTML in {out / 'feedback'}")
+    return rows
+
+
+def scores(course_root: Path) -> list[dict]:
+    """One row per graded (student, assignment) from the gradebook."""
+    from nbgrader.api import Gradebook
+
+    rows = []
+    url = f"sqlite:///{Path(course_root).resolve() / 'gradebook.db'}"
+    with Gradebook(url) as gb:
+        for assignment in gb.assignments:
+            for sub in assignment.submissions:
+                rows.append(
+                    dict(student=sub.student.id, assignment=assignment.name, score=sub.score,
+                         max_score=sub.max_score, needs_manual_grade=sub.needs_manual_grade)  # fmt: skip
+                )
+    return sorted(rows, key=lambda r: (r["student"], r["assignment"]))
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "grade",
+        help="autograde a folder of submissions: feedback HTML and scores.csv, no Jupyter server needed",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("submissions", type=Path, metavar="SUBMISSIONS_DIR")
+    p.add_argument("--out", type=Path, default=None, help="grading folder (default: SUBMISSIONS_DIR/../graded)")
+    p.add_argument("--course", type=Path, default=COURSE_DIR, help=f"the course's exercises/ folder (default {COURSE_DIR})")
+    p.add_argument("--regrade", action="store_true", help="grade again what was graded (old results are backed up)")
+    p.add_argument("--timeout", type=int, default=CELL_TIMEOUT_S, help="seconds a cell may run (default %(default)s)")
+    p.set_defaults(func=_main)
+
+
+def _main(args) -> int:
+    os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")  # alembic
+    out = args.out or args.submissions.resolve().parent / "graded"
+    try:
+        rows = grade(args.submissions, out, args.course, regrade=args.regrade, cell_timeout=args.timeout)
+    except ValueError as err:
+        print(f"lora101 grade: {err}", file=sys.stderr)
+        return 2
+    for r in rows:
+        print(f"{r['student']:>16} {r['assignment']:<20} {r['score']:6.1f} / {r['max_score']:.1f}"
+              + ("  (needs manual grading)" if r["needs_manual_grade"] else ""))  # fmt: skip
+    return 0
