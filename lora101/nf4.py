@@ -363,13 +363,18 @@ def dequantize_4bit(state: QuantState) -> torch.Tensor:
         raise TypeError(f"state must be a lora101.nf4.QuantState, got {type(state).__name__}")
     _, _, _, pairs = _tables(state.code_type, state.packed.device)
     n, bs = state.numel, state.blocksize
-    values = pairs[state.packed.long()].reshape(-1)[:n]  # one gather decodes both nibbles of each byte
+    # Decode both nibbles of a byte with ONE gather: view each (high, low) float32 pair of the 256-entry table
+    # as a single float64 and gather those, straight into the output buffer (fresh tensors cost page faults).
+    out = torch.empty(2 * state.packed.numel(), dtype=torch.float32, device=state.packed.device)
+    torch.index_select(
+        pairs.view(torch.float64).reshape(256), 0, state.packed.int(), out=out.view(torch.float64)
+    )
+    out = out[:n]
     absmax = state.block_absmax()
-    rem = n % bs
-    full = n - rem
-    out = (values[:full].view(-1, bs) * absmax[: full // bs].unsqueeze(1)).reshape(-1)
-    if rem:
-        out = torch.cat([out, values[full:] * absmax[-1]])
+    full = n - n % bs
+    out[:full].view(-1, bs).mul_(absmax[: full // bs].unsqueeze(1))
+    if full < n:
+        out[full:].mul_(absmax[-1])
     return out.view(state.shape).to(state.dtype)
 
 

@@ -1,0 +1,138 @@
+"""lora101.nf4 against bitsandbytes: quantise/dequantise time, then reconstruction error NF4 vs FP4 vs int4.
+
+Timing: one ``--size`` x ``--size`` float32 matrix (default 4096 x 4096, 16.8 M weights), NF4, blocksize 64,
+with and without double quantisation; median of ``--repeats`` runs after a warm-up, ours and bitsandbytes'
+interleaved so machine load hits both alike. Target (issue 4): within 1.5x of bitsandbytes on the CPU.
+Before timing, each pair is checked to be bit-identical.
+
+Error: RMSE and max |error| of the round trip for Gaussian data and for real SmolLM2 weights (a few layers
+of each type), blocksize 64.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import lora101  # noqa: F401  (before bitsandbytes: silences its CPU kernel warning)
+from lora101 import nf4
+
+LAYER_TYPES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--size", type=int, default=4096, help="the timed matrix is SIZE x SIZE (float32)")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--layers", default="0,14,29", help="SmolLM2 layer indices for the error table")
+    parser.add_argument("--no-errors", action="store_true", help="skip the reconstruction-error table")
+
+
+def _median_times(fns: list, repeats: int, device: torch.device) -> list[float]:
+    for fn in fns:  # warm-up (and caches: code tables, LUTs)
+        fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times[i].append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
+
+
+def smollm2_weights(layers: list[int]) -> dict[str, torch.Tensor]:
+    """{parameter name: float32 weight} for the attention and MLP projections of the given layers."""
+    from safetensors import safe_open
+
+    from lora101.models import prepare_model
+
+    path = prepare_model(quiet=True) / "model.safetensors"
+    out = {}
+    with safe_open(str(path), "pt") as f:
+        for i in layers:
+            for t in LAYER_TYPES:
+                group = "self_attn" if t.endswith(("q_proj", "k_proj", "v_proj", "o_proj")) else "mlp"
+                out[f"model.layers.{i}.{group}.{t}.weight"] = f.get_tensor(
+                    f"model.layers.{i}.{group}.{t}.weight"
+                ).float()
+    return out
+
+
+def error_table(weights: dict[str, torch.Tensor], blocksize: int = 64) -> list[tuple[str, str, float, float]]:
+    """[(what, code type, RMSE, max |error|)], pooled over the tensors in each group of ``weights``."""
+    rows = []
+    for what, group in weights.items():
+        for code_type in nf4.CODE_TYPES:
+            sq, count, worst = 0.0, 0, 0.0
+            for w in group:
+                w_hat = nf4.dequantize_4bit(nf4.quantize_4bit(w, code_type, blocksize)).float()
+                diff = w_hat - w.float()
+                sq += float(diff.double().square().sum())
+                count += diff.numel()
+                worst = max(worst, float(diff.abs().max()))
+            rows.append((what, code_type, (sq / count) ** 0.5, worst))
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    import bitsandbytes.functional as BF
+
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    w = torch.randn(args.size, args.size, device=device) * 0.02
+    print(f"{args.size}x{args.size} float32 on {device}, NF4 blocksize 64, median of {args.repeats}, "
+          f"threads={torch.get_num_threads()}")  # fmt: skip
+    header = f"{'operation':<34} | {'lora101':>10} | {'bitsandbytes':>12} | {'ratio':>6}"
+    print(header)
+    print("-" * len(header))
+    worst = 0.0
+    for dq in (False, True):
+        ours_state = nf4.quantize_nf4(w, 64, dq)
+        packed, state = BF.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=dq)
+        if not (
+            torch.equal(ours_state.packed, packed.reshape(-1))
+            and torch.equal(ours_state.absmax, state.absmax)
+        ):
+            raise SystemExit("lora101.nf4 and bitsandbytes disagree on this matrix: not timing")
+        if not torch.equal(nf4.dequantize_nf4(ours_state), BF.dequantize_4bit(packed, state)):
+            raise SystemExit("dequantised tensors disagree: not timing")
+        t_q = _median_times(
+            [lambda dq=dq: nf4.quantize_nf4(w, 64, dq),
+             lambda dq=dq: BF.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=dq)],
+            args.repeats, device,
+        )  # fmt: skip
+        t_d = _median_times(
+            [lambda s=ours_state: nf4.dequantize_nf4(s), lambda p=packed, s=state: BF.dequantize_4bit(p, s)],
+            args.repeats,
+            device,
+        )
+        label = "double quant" if dq else "plain"
+        for name, (ours, theirs) in ((f"quantise ({label})", t_q), (f"dequantise ({label})", t_d)):
+            worst = max(worst, ours / theirs)
+            print(f"{name:<34} | {ours * 1e3:>7.1f} ms | {theirs * 1e3:>9.1f} ms | {ours / theirs:>5.2f}x")
+    print(f"worst ratio {worst:.2f}x (target <= 1.5x); bit-identical results checked before timing")
+    if args.no_errors:
+        return 0
+
+    print("\nreconstruction error, blocksize 64 (RMSE / max |error|, same units as the weights)")
+    torch.manual_seed(1)
+    layers = [int(v) for v in args.layers.split(",")]
+    real = smollm2_weights(layers)
+    groups: dict[str, list[torch.Tensor]] = {
+        "gaussian N(0, 0.02^2), 1024x1024": [torch.randn(1024, 1024) * 0.02]
+    }
+    for t in LAYER_TYPES:
+        groups[f"SmolLM2 {t} (layers {args.layers})"] = [v for k, v in real.items() if f".{t}." in k]
+    header = f"{'weights':<40} | {'code':<5} | {'RMSE':>10} | {'max |err|':>10}"
+    print(header)
+    print("-" * len(header))
+    for what, code_type, rmse, worst_err in error_table(groups):
+        print(f"{what:<40} | {code_type:<5} | {rmse:>10.3e} | {worst_err:>10.3e}")
+    return 0
