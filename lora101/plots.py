@@ -70,3 +70,104 @@ def plot_loss_curves(curves: dict[str, list[float]], xlabel: str = "step", title
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def loss_curve(steps, losses, total_steps: int | None = None, title: str = "training loss", ax=None):
+    """The fine-tune's training loss against the optimizer step (lesson 5, ``lora101 finetune``).
+
+    ``steps`` and ``losses`` are equal-length sequences; ``total_steps`` fixes the x range so that a
+    live plot does not rescale as it grows.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6, 3.2), dpi=80)
+    ax.plot(list(steps), list(losses), marker="o", markersize=3)
+    if total_steps:
+        ax.set_xlim(0, total_steps)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (response tokens)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+# ---- lesson 4: NF4 from scratch ------------------------------------------------------------------
+
+
+def plot_codebook_over_histogram(scaled, codes: dict, title: str = "", ax=None):
+    """Histogram of block-scaled weights (each divided by its block's absmax, so in [-1, 1]) with the code
+    values of each codebook drawn as ticks below it. ``scaled``: 1-D tensor/array; ``codes``: label -> (16,)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(8, 3.8), dpi=80)
+    values = np.asarray(scaled, dtype=np.float64).reshape(-1)
+    ax.hist(values, bins=200, range=(-1, 1), density=True, color="#bbbbbb", label="scaled weights")
+    top = ax.get_ylim()[1]
+    for i, (label, code) in enumerate(codes.items()):
+        y = -top * (0.08 + 0.08 * i)
+        vals = np.unique(np.asarray(code, dtype=np.float64))
+        ax.plot(
+            vals,
+            np.full(vals.shape, y),
+            "|",
+            ms=14,
+            mew=2,
+            color=f"C{i}",
+            label=f"{label} ({vals.size} values)",
+        )
+    ax.set_ylim(-top * (0.12 + 0.08 * len(codes)), top)
+    ax.set_xlabel("weight / block absmax")
+    ax.set_ylabel("density")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    return fig
+
+
+def plot_error_by_layer_type(errors: dict, metric: str = "RMSE", title: str = "", ax=None):
+    """Grouped bars: ``errors[layer_type][code_type]`` -> a number (e.g. RMSE relative to the weights' std)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(8, 3.5), dpi=80)
+    layer_types = list(errors)
+    code_types = list(next(iter(errors.values())))
+    x = np.arange(len(layer_types))
+    width = 0.8 / len(code_types)
+    for i, code in enumerate(code_types):
+        ax.bar(
+            x + (i - (len(code_types) - 1) / 2) * width,
+            [errors[t][code] for t in layer_types],
+            width,
+            label=code,
+        )
+    ax.set_xticks(x, layer_types)
+    ax.set_ylabel(metric)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_code_usage(counts: dict, title: str = "", ax=None):
+    """How often each of the 16 codes is used, one panel per code type; ``counts``: label -> ((16,), entropy)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    if ax is None:
+        fig, axes = plt.subplots(1, len(counts), figsize=(3.2 * len(counts), 2.8), dpi=80, sharey=True)
+    else:
+        fig, axes = ax.figure, [ax]
+    axes = np.atleast_1d(axes)
+    for a, (label, (c, entropy)) in zip(axes, counts.items(), strict=True):
+        c = np.asarray(c, dtype=np.float64)
+        a.bar(range(16), c / c.sum(), color="C0")
+        a.axhline(1 / 16, color="C3", ls="--", lw=1)
+        a.set_title(f"{label}: {entropy:.3f} bits", fontsize=10)
+        a.set_xlabel("code (sorted by value)")
+    axes[0].set_ylabel("fraction of weights")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

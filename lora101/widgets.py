@@ -32,3 +32,42 @@ def memory_budget_explorer(default_model: str = "Llama-2-7B"):
         gradient_checkpointing=w.Checkbox(value=False, description="gradient checkpointing"),
         targets=w.ToggleButtons(options=["attention", "all-linear"], value="attention"),
     )
+
+
+# ---- lesson 4: NF4 from scratch ------------------------------------------------------------------
+
+
+def quantization_explorer(weights: dict):
+    """Blocksize, code type (int4/FP4/NF4), double quantisation and the layer to inspect; shows RMSE, max
+    error and bits per parameter of the round trip, and a histogram of the error.
+    ``weights``: name -> 2-D float tensor (e.g. SmolLM2's projection weights)."""
+    import ipywidgets as w
+    import matplotlib.pyplot as plt
+
+    from lora101 import nf4
+
+    def show(layer, code_type, blocksize, double_quant):
+        weight = weights[layer].float()
+        state = nf4.quantize_4bit(weight, code_type, blocksize, double_quant)
+        err = (nf4.dequantize_4bit(state).float() - weight).reshape(-1)
+        bits = nf4.bits_per_parameter(blocksize, double_quant)
+        fig, ax = plt.subplots(figsize=(6.5, 2.8), dpi=80)
+        ax.hist(err.numpy(), bins=120, color="C0")
+        ax.set_yscale("log")
+        ax.set_xlabel("dequantised - original")
+        ax.set_title(f"{layer} {tuple(weight.shape)}: {code_type}, blocksize {blocksize}"
+                     f"{', double quant' if double_quant else ''}", fontsize=9)  # fmt: skip
+        fig.tight_layout()
+        plt.show()
+        rel = float(err.square().mean().sqrt() / weight.std())
+        print(f"RMSE {float(err.square().mean().sqrt()):.3e} ({rel:.1%} of the weights' std), "
+              f"max |error| {float(err.abs().max()):.3e}, {bits:.4f} bits/parameter "
+              f"(stored: {state.nbytes() * 8 / weight.numel():.4f})")  # fmt: skip
+
+    return w.interactive(
+        show,
+        layer=w.Dropdown(options=list(weights)),
+        code_type=w.ToggleButtons(options=["int4", "fp4", "nf4"], value="nf4"),
+        blocksize=w.Dropdown(options=list(nf4.BLOCKSIZES), value=64),
+        double_quant=w.Checkbox(value=False, description="double quantisation"),
+    )
