@@ -26,7 +26,7 @@ def memory_budget_explorer(default_model: str = "Llama-2-7B"):
         model=w.Dropdown(options=list(PRESETS), value=default_model),
         r=w.Dropdown(options=[1, 2, 4, 8, 16, 32, 64, 128], value=8),
         precision=w.ToggleButtons(options=["bf16", "fp16", "fp32"], value="bf16"),
-        optimizer=w.Dropdown(options=["adamw", "adamw-8bit", "sgd-momentum", "sgd"], value="adamw"),
+        optimizer=w.Dropdown(options=["adamw", "adamw-16bit", "adamw-8bit", "sgd-momentum", "sgd"], value="adamw"),
         batch_size=w.IntSlider(value=1, min=1, max=32),
         seq_len=w.Dropdown(options=[128, 256, 512, 1024, 2048, 4096], value=512),
         gradient_checkpointing=w.Checkbox(value=False, description="gradient checkpointing"),
