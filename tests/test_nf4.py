@@ -321,3 +321,48 @@ def test_qlora_from_scratch_trains_the_adapter_only():
     assert losses[-1] < 0.9 * losses[0]
     assert torch.equal(base.packed, packed_before)  # the 4-bit base never changes
     assert math.isfinite(losses[-1])
+
+
+# ------------------------------------------------------------------------------------------------
+# The lesson's helpers: plots, the explorer, the benchmark
+
+
+def test_plots_and_explorer_run_on_real_weights(real_weights, capsys):
+    """The lesson's figures build, and the explorer recomputes when its controls move."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lora101 import plots
+    from lora101.widgets import quantization_explorer
+
+    w = next(iter(real_weights.values())).float()
+    scaled = (w.view(-1, 64) / w.view(-1, 64).abs().amax(1, keepdim=True)).reshape(-1)
+    codes = {t.upper(): nf4.codebook(t) for t in nf4.CODE_TYPES}
+    assert len(plots.plot_codebook_over_histogram(scaled, codes).axes) == 1
+    errors = {"q": {t: 0.1 for t in nf4.CODE_TYPES}, "k": {t: 0.2 for t in nf4.CODE_TYPES}}
+    assert len(plots.plot_error_by_layer_type(errors).axes[0].patches) == 6
+    usage = {t: (torch.ones(16), 4.0) for t in nf4.CODE_TYPES}
+    assert len(plots.plot_code_usage(usage).axes) == 3
+    plt.close("all")
+    explorer = quantization_explorer({k: v.float() for k, v in real_weights.items()})
+    layer, code_type, blocksize, double_quant = explorer.children[:4]
+    code_type.value, blocksize.value, double_quant.value = "fp4", 128, True
+    explorer.update()
+    # outside a kernel the explorer's output area passes prints through to stdout
+    assert "4.0635 bits/parameter" in capsys.readouterr().out  # 4 + 8/128 + 32/(128*256)
+    plt.close("all")
+
+
+def test_benchmark_runs_and_checks_bit_identity(capsys):
+    """`lora101 bench nf4` on a small matrix prints the timing table (after its bit-identity check)."""
+    import argparse
+
+    from lora101.bench import nf4 as bench
+
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    assert bench.run(parser.parse_args(["--size", "256", "--repeats", "1", "--no-errors"])) == 0
+    out = capsys.readouterr().out
+    assert "dequantise (double quant)" in out and "target <= 1.5x" in out
