@@ -65,6 +65,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: on Linux, get SIGTERM when the test process dies.
+
+    A test run killed from outside (a CI time limit, `timeout`) cannot run its clean-up; without
+    this the server and its kernels would live on, training models on nobody's behalf.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class LabServer:
     """`jupyter lab` serving `root` on 127.0.0.1; a context manager that always stops it.
 
@@ -144,7 +157,13 @@ class LabServer:
             cmd.append("--allow-root")  # CI runs as root; Jupyter refuses that unless told
         self._log = open(self.log_path, "w")  # noqa: SIM115 (closed in __exit__)
         self.proc = subprocess.Popen(
-            cmd, cwd=self.root, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+            cmd,
+            cwd=self.root,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + self.start_timeout
         while True:
