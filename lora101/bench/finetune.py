@@ -1,0 +1,145 @@
+"""QLoRA vs LoRA vs a plain transformers + PEFT script: tokens/s and peak memory of the same training job.
+
+Each variant runs in a fresh Python process, so that its peak memory is its own: on CUDA
+``torch.cuda.max_memory_allocated``, on the CPU the process's peak resident set (ru_maxrss, which
+also counts Python, torch and the libraries: the same fixed cost in every row).
+
+* ``qlora``    - lora101.finetune with the base in 4-bit NF4 (+ double quantisation);
+* ``lora``     - lora101.finetune with a 16-bit base (fp32 on a CPU, which has no fast bf16 matmul);
+* ``baseline`` - the same 4-bit job written as a plain transformers + PEFT script would write it.
+
+The ratio qlora / baseline tokens/s says whether lora101's loop costs anything over the plain script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+VARIANTS = ("qlora", "lora", "baseline")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--steps", type=int, default=6, help="optimizer steps per variant (default %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--alpha", type=int, default=32)
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ", ".join(VARIANTS))
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON as well")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+
+
+def _dataset(tokenizer, n: int):
+    from lora101.data import build_dataset
+
+    return build_dataset(tokenizer, n_train=n, n_test=1)["train"].select_columns(["input_ids", "attention_mask", "labels"])
+
+
+def _measure(trainer, dataset, steps: int, batch_size: int) -> tuple[float, int]:
+    start = time.perf_counter()
+    trainer.train()
+    wall = time.perf_counter() - start
+    lengths = [len(x) for x in dataset["input_ids"]]
+    return wall, sum(lengths[: steps * batch_size])
+
+
+def _worker(spec: dict) -> dict:
+    import torch
+
+    import lora101  # noqa: F401  (silences bitsandbytes' CPU notice before it is imported)
+    from lora101.models import choose_device, load_tokenizer
+
+    kind, steps, bs = spec["kind"], spec["steps"], spec["batch_size"]
+    tok = load_tokenizer()
+    ds = _dataset(tok, steps * bs)
+    device = choose_device()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    if kind in ("qlora", "lora"):
+        from lora101 import finetune as ft
+
+        config = ft.FinetuneConfig(precision="nf4" if kind == "qlora" else "bf16", rank=spec["rank"],
+                                   alpha=spec["alpha"], steps=steps, batch_size=bs, save_steps=10**6)
+        model = ft.add_lora(ft.load_base(precision=config.precision), config.rank, config.alpha)
+        result = ft.train(model, tok, ds, config, spec["tmp"], progress=False)
+        wall, tokens = result.wall_s, result.tokens
+    else:  # what a plain transformers + PEFT script does, written out
+        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+        from transformers import (
+            AutoModelForCausalLM,
+            BitsAndBytesConfig,
+            DataCollatorForSeq2Seq,
+            Trainer,
+            TrainingArguments,
+        )
+
+        from lora101.models import compute_dtype_for, resolve_model
+
+        cuda = device.type == "cuda"
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                   bnb_4bit_compute_dtype=compute_dtype_for(device))
+        model = AutoModelForCausalLM.from_pretrained(resolve_model().path, quantization_config=quant,
+                                                     device_map={"": str(device)})
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cuda)
+        model = get_peft_model(model, LoraConfig(r=spec["rank"], lora_alpha=spec["alpha"], lora_dropout=0.0,
+                                                 target_modules="all-linear", task_type="CAUSAL_LM"))
+        args = TrainingArguments(output_dir=spec["tmp"], per_device_train_batch_size=bs, max_steps=steps,
+                                 learning_rate=4e-4, lr_scheduler_type="cosine", warmup_steps=1, report_to=[],
+                                 save_strategy="no", optim="paged_adamw_8bit" if cuda else "adamw_torch",
+                                 gradient_checkpointing=cuda, bf16=cuda and torch.cuda.is_bf16_supported(),
+                                 use_cpu=not cuda, disable_tqdm=True, seed=0)
+        trainer = Trainer(model=model, args=args, train_dataset=ds,
+                          data_collator=DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100))
+        wall, tokens = _measure(trainer, ds, steps, bs)
+    from lora101.finetune import peak_memory_bytes
+
+    return {"variant": kind, "steps": steps, "tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall,
+            "peak_memory_bytes": peak_memory_bytes(device), "device": str(device), "threads": torch.get_num_threads()}
+
+
+def run(args: argparse.Namespace) -> int:
+    import tempfile
+
+    if args.worker:
+        print("RESULT " + json.dumps(_worker(json.loads(args.worker))), flush=True)
+        return 0
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        raise ValueError(f"--variants: unknown {unknown}; choose from {VARIANTS}")
+    rows = []
+    for kind in variants:
+        with tempfile.TemporaryDirectory() as tmp:
+            spec = dict(kind=kind, steps=args.steps, batch_size=args.batch_size, rank=args.rank, alpha=args.alpha,
+                        tmp=tmp)
+            cmd = [sys.executable, "-m", "lora101.cli", "bench", "finetune", "--worker", json.dumps(spec)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            found = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+            if proc.returncode != 0 or not found:
+                print(proc.stderr[-3000:], file=sys.stderr)
+                raise RuntimeError(f"the {kind} worker failed (exit {proc.returncode})")
+            rows.append(json.loads(found[-1][len("RESULT "):]))
+    _print_table(rows)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    return 0
+
+
+def _print_table(rows: list[dict]) -> None:
+    by = {r["variant"]: r for r in rows}
+    print(f"{'variant':<10} {'steps':>5} {'tokens':>7} {'wall s':>8} {'tokens/s':>9} {'peak MiB':>9}")
+    for r in rows:
+        print(f"{r['variant']:<10} {r['steps']:>5} {r['tokens']:>7} {r['wall_s']:>8.1f} {r['tokens_per_s']:>9.1f} "
+              f"{r['peak_memory_bytes'] / 2**20:>9.0f}")
+    kind = "torch.cuda.max_memory_allocated" if rows and rows[0]["device"].startswith("cuda") else "peak RSS"
+    print(f"device {rows[0]['device'] if rows else '?'}; memory = {kind}")
+    if "qlora" in by and "lora" in by:
+        q, l_ = by["qlora"], by["lora"]
+        print(f"QLoRA / LoRA: memory {q['peak_memory_bytes'] / l_['peak_memory_bytes']:.2f}x, "
+              f"speed {q['tokens_per_s'] / l_['tokens_per_s']:.2f}x  (seeds: ~0.5x memory, 0.7-0.8x speed)")
+    if "qlora" in by and "baseline" in by:
+        ratio = by["qlora"]["tokens_per_s"] / by["baseline"]["tokens_per_s"]
+        print(f"lora101 loop / plain transformers+PEFT script: {ratio:.2f}x tokens/s (bar: >= 0.95)")

@@ -1,0 +1,128 @@
+"""Task metrics: batched greedy generation, exact match of parsed JSON, per-field accuracy.
+
+A generation counts as an exact match when it parses as JSON and equals the reference record
+(the same keys with the same values; key order does not matter once parsed). When the references
+are not JSON (a learner's own data), exact match compares the stripped texts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+
+def _parse(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, TypeError):
+        return None
+
+
+@torch.no_grad()
+def generate(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 72,
+    batch_size: int = 16,
+    progress: bool = True,
+    desc: str = "generating",
+) -> list[str]:
+    """Greedy completions of ``prompts`` (already chat-formatted texts), in order.
+
+    Batches are left-padded, so that every prompt ends where generation starts; the tokenizer's
+    padding side is restored afterwards. Returns the new text only, without special tokens.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    out: list[str] = []
+    try:
+        for start in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=not progress):
+            batch = list(prompts[start : start + batch_size])
+            enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            ids = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+            out += tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+    return [o.strip() for o in out]
+
+
+def score(predictions: Sequence[str], references: Sequence[str]) -> dict[str, Any]:
+    """Exact match and per-field accuracy of ``predictions`` against ``references`` (equal lengths).
+
+    Returns ``exact_match`` (fraction in [0, 1]), ``valid_json`` (fraction of predictions that parse
+    as a JSON object, where references do), ``fields`` (key -> fraction correct, for JSON-object
+    references) and ``n``.
+    """
+    if len(predictions) != len(references):
+        raise ValueError(f"predictions ({len(predictions)}) and references ({len(references)}) differ in length")
+    if not references:
+        raise ValueError("references is empty: nothing to score")
+    exact = 0
+    valid = 0
+    field_hits: dict[str, int] = {}
+    field_total: dict[str, int] = {}
+    for pred, ref in zip(predictions, references, strict=False):
+        ref_obj, pred_obj = _parse(ref), _parse(pred)
+        if isinstance(ref_obj, dict):
+            ok_obj = isinstance(pred_obj, dict)
+            valid += ok_obj
+            exact += ok_obj and pred_obj == ref_obj
+            for key, value in ref_obj.items():
+                field_total[key] = field_total.get(key, 0) + 1
+                field_hits[key] = field_hits.get(key, 0) + (ok_obj and pred_obj.get(key) == value)
+        else:
+            exact += pred.strip() == ref.strip()
+    n = len(references)
+    result: dict[str, Any] = {"n": n, "exact_match": exact / n}
+    if field_total:
+        result["valid_json"] = valid / n
+        result["fields"] = {k: field_hits[k] / field_total[k] for k in field_total}
+    return result
+
+
+def evaluate_model(
+    model, tokenizer, prompts: Sequence[str], references: Sequence[str], **generate_kwargs
+) -> tuple[dict[str, Any], list[str]]:
+    """Generate for ``prompts`` and :func:`score` against ``references``: (metrics, predictions)."""
+    predictions = generate(model, tokenizer, prompts, **generate_kwargs)
+    return score(predictions, references), predictions
+
+
+def side_by_side(
+    sentences: Sequence[str], references: Sequence[str], before: Sequence[str], after: Sequence[str], n: int = 4
+) -> str:
+    """A plain-text table of ``n`` examples: the input, the reference, and both generations."""
+    lines = []
+    for i in range(min(n, len(sentences))):
+        lines += [
+            f"[{i}] {sentences[i]}",
+            f"    expected: {references[i]}",
+            f"    before  : {before[i]}" + ("  (exact)" if _same(before[i], references[i]) else ""),
+            f"    after   : {after[i]}" + ("  (exact)" if _same(after[i], references[i]) else ""),
+        ]
+    return "\n".join(lines)
+
+
+def _same(pred: str, ref: str) -> bool:
+    p, r = _parse(pred), _parse(ref)
+    if isinstance(r, dict):
+        return isinstance(p, dict) and p == r
+    return pred.strip() == ref.strip()

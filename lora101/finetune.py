@@ -1,0 +1,425 @@
+"""The real QLoRA fine-tune: a 4-bit base, LoRA adapters, training, saving, reloading, merging.
+
+The recipe (Dettmers et al., 2023) in the order the lesson builds it:
+
+1. :func:`load_base` - the base model in 4-bit NF4 with double quantisation (``precision="nf4"``),
+   or in bf16 for plain LoRA; then PEFT's ``prepare_model_for_kbit_training``, which freezes the base,
+   casts the non-quantised weights (embeddings, norms) to fp32 and, on CUDA, turns on gradient
+   checkpointing.
+2. :func:`add_lora` - PEFT ``LoraConfig`` adapters on the target modules (``"all-linear"`` by default).
+3. :func:`train` - the transformers ``Trainer`` with a tqdm progress bar, checkpoints every
+   ``save_steps``, a paged 8-bit AdamW and gradient checkpointing on CUDA (plain AdamW on the CPU,
+   where neither exists or helps), resumable from the last checkpoint.
+4. :func:`save_adapter` / :func:`load_adapter` - PEFT's format; :func:`merge_adapter` folds the adapter
+   into a de-quantised copy of the base.
+
+Everything here runs the same on the CPU and on CUDA; only the step budget and the compute dtype
+change (fp32 on CPUs, which have no fast bf16 matmul; bf16 on Ampere+ GPUs).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lora101.models import DEFAULT_MODEL, choose_device, compute_dtype_for, load_model
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything one fine-tuning run depends on; plain values with defaults that work on a laptop CPU."""
+
+    model: str = DEFAULT_MODEL
+    precision: str = "nf4"  # "nf4" (QLoRA) or "bf16"/"fp32" (plain LoRA on a full-precision base)
+    rank: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    targets: str | list[str] = "all-linear"
+    steps: int = 120
+    batch_size: int = 8
+    lr: float = 4e-4
+    warmup_steps: int = 10
+    seed: int = 0
+    save_steps: int = 40
+    logging_steps: int = 5
+    max_grad_norm: float = 1.0
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("nf4", "bf16", "fp32"):
+            raise ValueError(f"precision must be 'nf4', 'bf16' or 'fp32', got {self.precision!r}")
+        for name in ("rank", "alpha", "steps", "batch_size", "save_steps", "logging_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not (0 < self.lr < 1):
+            raise ValueError(f"lr must be between 0 and 1, got {self.lr!r}")
+        if not (0 <= self.dropout < 1):
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ------------------------------------------------------------------------------------------------
+# The model
+
+
+def load_base(model: str = DEFAULT_MODEL, precision: str = "nf4", device: str | None = None, *, prepare: bool = True):
+    """The base model ready for adapter training.
+
+    ``precision="nf4"``: 4-bit NF4 + double quantisation, computing in fp32 on the CPU and bf16 on
+    Ampere+ GPUs, then ``prepare_model_for_kbit_training`` (with gradient checkpointing only on CUDA:
+    on a CPU it would only recompute activations that fit in RAM anyway). ``"bf16"``/``"fp32"``: the
+    full-precision base, frozen. On a CPU "bf16" is loaded in fp32, because CPUs have no fast bf16
+    matmul: the memory difference is then what 4-bit storage saves over 16/32-bit storage.
+    """
+    from peft import prepare_model_for_kbit_training
+
+    dev = choose_device(device)
+    if precision == "nf4":
+        base = load_model(model, precision="nf4", device=dev)
+        keep_cpu_weights_unpacked(base)
+        if prepare:
+            base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=dev.type == "cuda")
+    else:
+        dtype_name = precision if (precision == "fp32" or dev.type == "cuda") else "fp32"
+        base = load_model(model, precision=dtype_name, device=dev)
+        for p in base.parameters():
+            p.requires_grad_(False)
+        if dev.type == "cuda":
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            base.enable_input_require_grads()
+    return base
+
+
+def keep_cpu_weights_unpacked(model) -> int:
+    """Stop bitsandbytes from repacking 4-bit weights for its CPU inference kernel; returns how many layers.
+
+    bitsandbytes 0.50, on a CPU with AVX512-BF16, rewrites a ``Linear4bit`` weight into another
+    layout the first time the layer runs in eval mode without gradients (an evaluation before
+    training does exactly that). From then on every matmul, training ones included, takes that
+    kernel's path, and saving a state dict converts the weight back: measured here, a model
+    evaluated, trained, and then reloaded from its saved adapter disagreed by up to 0.5 in its
+    logits. Keeping the standard layout makes evaluation, training and reloading use one code path.
+    """
+    import bitsandbytes as bnb
+
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    for layer in layers:
+        layer.support_avx512bf16_for_cpu = False
+    return len(layers)
+
+
+def lora_config(rank: int = 16, alpha: int = 32, targets: str | Sequence[str] = "all-linear", dropout: float = 0.0):
+    """PEFT's ``LoraConfig`` for a causal LM: delta W = B @ A * alpha / rank on each target module."""
+    from peft import LoraConfig
+
+    if isinstance(targets, str) and targets != "all-linear":
+        targets = [t.strip() for t in targets.split(",") if t.strip()]
+    return LoraConfig(
+        r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM"
+    )
+
+
+def add_lora(base, rank: int = 16, alpha: int = 32, targets: str | Sequence[str] = "all-linear", dropout: float = 0.0):
+    """Wrap ``base`` with fresh LoRA adapters (B = 0, so the model's outputs are unchanged at first)."""
+    from peft import get_peft_model
+
+    return get_peft_model(base, lora_config(rank, alpha, targets, dropout))
+
+
+def count_parameters(model) -> dict[str, int]:
+    """``trainable`` and ``total`` parameter counts (4-bit weights counted as stored elements x 2)."""
+    trainable, total = model.get_nb_trainable_parameters()
+    return {"trainable": int(trainable), "total": int(total)}
+
+
+# ------------------------------------------------------------------------------------------------
+# Training
+
+
+class _LossRecorder:
+    """A ``TrainerCallback`` that keeps (step, loss) pairs and the tokens seen, for plots and reports."""
+
+    def __new__(cls, *args, **kwargs):  # built lazily so that importing this module stays cheap
+        from transformers import TrainerCallback
+
+        class LossRecorder(TrainerCallback):
+            def __init__(self) -> None:
+                self.steps: list[int] = []
+                self.losses: list[float] = []
+
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                if logs and "loss" in logs:
+                    self.steps.append(state.global_step)
+                    self.losses.append(float(logs["loss"]))
+
+        return LossRecorder()
+
+
+def live_loss_plot(total_steps: int):
+    """A ``TrainerCallback`` that redraws the loss curve in a notebook each time the Trainer logs."""
+    from transformers import TrainerCallback
+
+    from lora101.plots import loss_curve
+
+    class LiveLossPlot(TrainerCallback):
+        def __init__(self) -> None:
+            self.steps: list[int] = []
+            self.losses: list[float] = []
+            self.handle = None
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not logs or "loss" not in logs:
+                return
+            import matplotlib.pyplot as plt
+            from IPython.display import display
+
+            self.steps.append(state.global_step)
+            self.losses.append(float(logs["loss"]))
+            fig = loss_curve(self.steps, self.losses, total_steps=total_steps)
+            if self.handle is None:
+                self.handle = display(fig, display_id=True)
+            else:
+                self.handle.update(fig)
+            plt.close(fig)
+
+    return LiveLossPlot()
+
+
+def training_arguments(config: FinetuneConfig, output_dir: str | os.PathLike, *, progress: bool = True):
+    """transformers ``TrainingArguments`` for ``config``: cosine schedule with warmup, checkpoints,
+    and on CUDA the QLoRA memory savers (paged 8-bit AdamW, gradient checkpointing, bf16 autocast)."""
+    from transformers import TrainingArguments
+
+    dev = choose_device(config.device)
+    cuda = dev.type == "cuda"
+    bf16 = cuda and compute_dtype_for(dev) == torch.bfloat16
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=config.batch_size,
+        max_steps=config.steps,
+        learning_rate=config.lr,
+        lr_scheduler_type="cosine",
+        warmup_steps=config.warmup_steps,
+        weight_decay=0.0,
+        max_grad_norm=config.max_grad_norm,
+        logging_steps=config.logging_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=2,
+        report_to=[],
+        seed=config.seed,
+        data_seed=config.seed,
+        # paged_adamw_8bit keeps its states in 8 bits and pages them to host memory under pressure;
+        # bitsandbytes' paged optimizers need CUDA, so the CPU uses PyTorch's AdamW.
+        optim="paged_adamw_8bit" if cuda else "adamw_torch",
+        gradient_checkpointing=cuda,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if cuda else None,
+        bf16=bf16,
+        use_cpu=dev.type == "cpu",
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        disable_tqdm=not progress,
+        logging_first_step=True,
+    )
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` measured: loss history, wall time, tokens seen and tokens per second."""
+
+    steps: list[int] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    wall_s: float = 0.0
+    tokens: int = 0
+    tokens_per_s: float = 0.0
+    global_step: int = 0
+
+
+def collator(tokenizer):
+    """Pads ``input_ids`` with the pad token and ``labels`` with -100 (so padding is never learned)."""
+    from transformers import DataCollatorForSeq2Seq
+
+    return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+
+
+def train(
+    model,
+    tokenizer,
+    train_dataset,
+    config: FinetuneConfig,
+    output_dir: str | os.PathLike,
+    *,
+    callbacks: Sequence[Any] = (),
+    resume: bool | str = False,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``model`` (a PEFT model) on ``train_dataset`` (columns ``input_ids``, ``attention_mask``,
+    ``labels``) for ``config.steps`` optimizer steps of ``config.batch_size`` examples.
+
+    Checkpoints go to ``output_dir/checkpoint-N`` every ``config.save_steps``; ``resume=True`` continues
+    from the newest one there (the optimizer, scheduler, RNG and data order included).
+    Tokens per second counts the real (non-padding) tokens of the batches trained in this call.
+    """
+    from transformers import Trainer, set_seed
+
+    set_seed(config.seed)
+    keep = [c for c in ("input_ids", "attention_mask", "labels") if c in train_dataset.column_names]
+    if "labels" not in keep or "input_ids" not in keep:
+        raise ValueError("train_dataset needs 'input_ids' and 'labels' columns (see lora101.data.build_dataset)")
+    train_dataset = train_dataset.select_columns(keep)
+    recorder = _LossRecorder()
+    trainer = Trainer(
+        model=model,
+        args=training_arguments(config, output_dir, progress=progress),
+        train_dataset=train_dataset,
+        data_collator=collator(tokenizer),
+        callbacks=[recorder, *callbacks],
+    )
+    model.train()
+    start = time.perf_counter()
+    out = trainer.train(resume_from_checkpoint=resume if resume else None)
+    wall = time.perf_counter() - start
+    model.eval()
+    seen = trainer.state.num_input_tokens_seen or 0
+    if not seen:  # count real tokens: steps x batch_size examples, in the order the sampler drew them
+        lengths = [len(x) for x in train_dataset["input_ids"]]
+        done = out.global_step * config.batch_size
+        seen = sum(lengths[i % len(lengths)] for i in range(done))
+    return TrainResult(
+        steps=recorder.steps,
+        losses=recorder.losses,
+        wall_s=wall,
+        tokens=int(seen),
+        tokens_per_s=float(seen) / wall if wall > 0 else math.nan,
+        global_step=out.global_step,
+    )
+
+
+def last_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """The newest ``checkpoint-N`` folder in ``output_dir``, or None."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return None
+    found = [p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    return max(found, key=lambda p: int(p.name.split("-")[-1])) if found else None
+
+
+# ------------------------------------------------------------------------------------------------
+# Saving, reloading, merging
+
+
+def has_adapter(folder: str | os.PathLike) -> bool:
+    """True when ``folder`` already holds a PEFT adapter (so writing one there would overwrite it)."""
+    return (Path(folder) / ADAPTER_FILES[0]).is_file()
+
+
+def save_adapter(model, folder: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Save only the adapter (PEFT format: ``adapter_config.json`` + ``adapter_model.safetensors``).
+
+    Refuses to replace an adapter already in ``folder`` unless ``overwrite=True``: a learner's
+    trained adapter is never lost to a second run.
+    """
+    folder = Path(folder)
+    if has_adapter(folder) and not overwrite:
+        raise FileExistsError(
+            f"{folder} already holds an adapter; choose another folder or pass overwrite=True"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(folder))
+    return folder
+
+
+def load_adapter(folder: str | os.PathLike, model: str = DEFAULT_MODEL, precision: str = "nf4", device=None):
+    """A fresh base (``precision``) with the saved adapter in ``folder`` attached, in eval mode."""
+    from peft import PeftModel
+
+    if not has_adapter(folder):
+        raise FileNotFoundError(f"{folder} holds no adapter ({ADAPTER_FILES[0]} is missing)")
+    # prepared exactly as for training: prepare_model_for_kbit_training casts the bf16 embeddings and
+    # norms to fp32, and the adapter was trained against those fp32 copies; without it logits differ.
+    base = load_base(model, precision, device, prepare=True)
+    return PeftModel.from_pretrained(base, str(folder)).eval()
+
+
+def merge_adapter(
+    folder: str | os.PathLike, model: str = DEFAULT_MODEL, dtype: str = "fp32", device=None, *, base: str = "dequantized"
+):
+    """A full-precision copy of the base with the adapter in ``folder`` folded into its weights.
+
+    ``base="dequantized"`` (default) starts from the NF4 weights de-quantised back to ``dtype``:
+    exactly the weights the adapter was trained against, so the merged model reproduces the
+    4-bit + adapter model up to float rounding (one matmul with W + s*B@A instead of W@x + s*B@(A@x)).
+    ``base="original"`` starts from the original 16-bit weights, which the 4-bit model never saw:
+    its outputs differ by the NF4 quantisation error. Merging into the 4-bit weights themselves is
+    not offered: re-quantising W + s*B@A would round most of the small update away.
+    ``dtype``: "fp32" (the CPU default: CPUs have no fast bf16 matmul and fp32 keeps the comparison
+    tight) or "bf16" (half the size on disk; rounding the merged weights to 8 mantissa bits).
+    """
+    from peft import PeftModel
+
+    if dtype not in ("fp32", "bf16"):
+        raise ValueError(f"dtype must be 'fp32' or 'bf16', got {dtype!r}")
+    if base not in ("dequantized", "original"):
+        raise ValueError(f"base must be 'dequantized' or 'original', got {base!r}")
+    full = dequantized_base(model, device) if base == "dequantized" else load_model(model, "fp32", device)
+    if dtype == "bf16":
+        full = full.to(torch.bfloat16)
+    return PeftModel.from_pretrained(full, str(folder)).merge_and_unload().eval()
+
+
+def dequantized_base(model: str = DEFAULT_MODEL, device=None):
+    """The NF4 base de-quantised to fp32: a plain model holding exactly the weights the 4-bit model uses.
+
+    Returns a transformers model whose every 4-bit ``Linear4bit`` weight (out, in) is replaced by
+    ``bitsandbytes.functional.dequantize_4bit`` of it; embeddings and norms are the base's own.
+    """
+    import bitsandbytes as bnb
+
+    q = load_model(model, precision="nf4", device=device)
+    full = load_model(model, precision="fp32", device=device)
+    q_modules = dict(q.named_modules())
+    with torch.no_grad():
+        for name, module in full.named_modules():
+            qm = q_modules.get(name)
+            if isinstance(qm, bnb.nn.Linear4bit):
+                w = bnb.functional.dequantize_4bit(qm.weight.data, qm.weight.quant_state)
+                module.weight.copy_(w.to(module.weight.dtype))
+    del q
+    return full.eval()
+
+
+def folder_bytes(folder: str | os.PathLike) -> int:
+    """Total size of the files in ``folder`` (recursively), in bytes."""
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far (ru_maxrss), in bytes; 0 where unavailable."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return 0
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)  # Linux reports KiB, macOS bytes
+
+
+def peak_memory_bytes(device) -> int:
+    """Peak memory of this run: ``torch.cuda.max_memory_allocated`` on CUDA, else peak RSS."""
+    dev = torch.device(device) if not isinstance(device, torch.device) else device
+    if dev.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(dev))
+    return peak_rss_bytes()

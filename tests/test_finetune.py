@@ -1,0 +1,111 @@
+"""lora101.finetune: a short real QLoRA run on the CPU lowers the loss; save, reload and merge agree."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lora101 import finetune as ft
+from lora101.data import build_messages, tokenize_example
+
+pytestmark = pytest.mark.slow
+
+# Short made-up pairs: cheap to train on, and impossible to answer without learning them.
+PAIRS = [(f"Code word for {w}?", c) for w, c in [
+    ("apple", "ZEBRA-7"), ("river", "QUARTZ-2"), ("cloud", "MANGO-9"), ("stone", "VIOLET-4"),
+    ("train", "ORBIT-1"), ("piano", "LEMON-5"), ("tiger", "COMET-3"), ("glass", "BISON-8"),
+]]
+
+
+def _dataset(tokenizer):
+    from datasets import Dataset
+
+    return Dataset.from_list([tokenize_example(tokenizer, build_messages(p), r) for p, r in PAIRS])
+
+
+def _mean_loss(model, tokenizer, dataset) -> float:
+    batch = ft.collator(tokenizer)([dataset[i] for i in range(len(dataset))])
+    with torch.no_grad():
+        return float(model(**batch).loss)
+
+
+def _logits(model, tokenizer) -> torch.Tensor:
+    enc = tokenizer([build_messages(p)[1]["content"] for p, _ in PAIRS[:3]], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        return model(**enc).logits.float()
+
+
+@pytest.fixture(scope="module")
+def trained(base_model_dir, tmp_path_factory):
+    from lora101.models import load_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = load_tokenizer()
+    ds = _dataset(tokenizer)
+    # alpha != rank on purpose: a scaling of 1 would hide a lost "* alpha / r" in save/merge paths
+    config = ft.FinetuneConfig(rank=4, alpha=16, steps=8, batch_size=4, lr=3e-3, warmup_steps=1,
+                               save_steps=4, logging_steps=1, device="cpu")
+    model = ft.add_lora(ft.load_base(precision="nf4", device="cpu"), config.rank, config.alpha)
+    before = _mean_loss(model, tokenizer, ds)
+    out = tmp_path_factory.mktemp("run")
+    result = ft.train(model, tokenizer, ds, config, out / "checkpoints", progress=False)
+    after = _mean_loss(model, tokenizer, ds)
+    return dict(model=model, tokenizer=tokenizer, before=before, after=after, result=result, out=out)
+
+
+def test_training_lowers_the_loss_and_records_it(trained):
+    assert trained["after"] < 0.6 * trained["before"], (trained["before"], trained["after"])
+    r = trained["result"]
+    assert r.global_step == 8 and len(r.losses) >= 8 and r.tokens > 0 and r.tokens_per_s > 0
+    assert ft.last_checkpoint(trained["out"] / "checkpoints").name == "checkpoint-8"
+
+
+def test_base_is_4bit_and_frozen_only_adapters_train(trained):
+    import bitsandbytes as bnb
+
+    model = trained["model"]
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    # training moved B away from zero (else every equivalence below would be trivially true)
+    assert any(float(p.abs().max()) > 0 for n, p in model.named_parameters() if "lora_B" in n)
+
+
+def test_save_reload_is_identical_and_never_overwrites(trained, tmp_path):
+    model, tok = trained["model"], trained["tokenizer"]
+    folder = ft.save_adapter(model, tmp_path / "adapter")
+    assert all((folder / f).is_file() for f in ft.ADAPTER_FILES)
+    with pytest.raises(FileExistsError, match="already holds an adapter"):
+        ft.save_adapter(model, folder)
+    reloaded = ft.load_adapter(folder, precision="nf4", device="cpu")
+    assert reloaded.peft_config["default"].lora_alpha == 16 and reloaded.peft_config["default"].r == 4
+    assert torch.equal(_logits(reloaded, tok), _logits(model, tok))
+
+
+def test_merge_into_dequantized_base_matches_the_adapter_model(trained, tmp_path):
+    model, tok = trained["model"], trained["tokenizer"]
+    folder = ft.save_adapter(model, tmp_path / "adapter")
+    want = _logits(model, tok)
+    merged = ft.merge_adapter(folder, dtype="fp32", device="cpu")
+    assert not any("lora_" in n for n, _ in merged.named_parameters())
+    got = _logits(merged, tok)
+    diff_deq = float((got - want).abs().max())
+    # Not exact: without gradients bitsandbytes 0.50 runs 4-bit layers through a fused CPU kernel
+    # (gemm_4bit) whose rounding differs from dequantise-then-fp32-matmul (measured on the base
+    # alone: up to ~0.16 in a logit of ~15). The merged model does the exact fp32 matmul.
+    assert diff_deq < 0.5, diff_deq
+    assert (got.argmax(-1) == want.argmax(-1)).float().mean() >= 0.95
+    # against the original (never quantised) weights the gap is NF4's quantisation error: larger
+    original = ft.merge_adapter(folder, dtype="fp32", device="cpu", base="original")
+    diff_orig = float((_logits(original, tok) - want).abs().max())
+    print(f"max |logit diff|: merged into de-quantised base {diff_deq:.3f}, into original base {diff_orig:.3f}")
+    assert diff_orig > 2 * diff_deq, (diff_orig, diff_deq)
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="precision"):
+        ft.FinetuneConfig(precision="int8")
+    with pytest.raises(ValueError, match="rank"):
+        ft.FinetuneConfig(rank=0)
+    with pytest.raises(ValueError, match="lr"):
+        ft.FinetuneConfig(lr=0)

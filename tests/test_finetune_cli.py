@@ -1,0 +1,98 @@
+"""`lora101 finetune`: bad data names file and line; a real tiny run writes adapter, report and plot; resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from lora101.cli import main
+from lora101.finetune import ADAPTER_FILES, last_checkpoint
+
+PAIRS = [(f"Code word for {w}?", c) for w, c in [
+    ("apple", "ZEBRA-7"), ("river", "QUARTZ-2"), ("cloud", "MANGO-9"), ("stone", "VIOLET-4"),
+    ("train", "ORBIT-1"), ("piano", "LEMON-5"), ("tiger", "COMET-3"), ("glass", "BISON-8"),
+]]
+
+
+def _write(path, lines):
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def _good(tmp_path):
+    lines = [json.dumps({"prompt": p, "response": r}) for p, r in PAIRS[:6]]
+    lines += [json.dumps({"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": r}]})
+              for p, r in PAIRS[6:]]
+    return _write(tmp_path / "good.jsonl", lines)
+
+
+def _run(tmp_path, data, *extra, out="out"):
+    return main(["finetune", "--data", str(data), "--output", str(tmp_path / out), "--steps", "4",
+                 "--batch-size", "2", "--save-steps", "2", "--rank", "4", "--alpha", "16", "--lr", "3e-3",
+                 "--eval-fraction", "0.25", "--max-new-tokens", "8", "--device", "cpu", *extra])
+
+
+@pytest.mark.parametrize(
+    "lines, line_no, message",
+    [
+        (['{"prompt": "a", "response": "b"}', '{"prompt": "a", "response": '], 2, "malformed JSON"),
+        (['{"prompt": "a", "response": "b"}', '', '{"prompt": "a"}'], 3, "missing or empty field"),
+        (['["prompt", "response"]'], 1, "expected a JSON object"),
+        (['{"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}'], 1,
+         "last message must be"),
+        (['{"prompt": "a", "response": "b"}', '{"prompt": "' + "word " * 600 + '", "response": "b"}'], 2,
+         "longer than the context"),
+    ],
+)
+def test_bad_data_names_file_and_line(tmp_path, capsys, base_model_dir, lines, line_no, message):
+    bad = _write(tmp_path / "bad.jsonl", lines)
+    assert _run(tmp_path, bad) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}:{line_no}:" in err and message in err, err
+    assert not (tmp_path / "out" / ADAPTER_FILES[0]).exists()
+
+
+def test_empty_and_missing_files_are_named(tmp_path, capsys):
+    empty = _write(tmp_path / "empty.jsonl", ["", "  "])
+    assert _run(tmp_path, empty) == 2
+    assert f"{empty}: the file is empty" in capsys.readouterr().err
+    assert _run(tmp_path, tmp_path / "nope.jsonl") == 2
+    assert "nope.jsonl: no such file" in capsys.readouterr().err
+
+
+def test_an_existing_adapter_is_never_overwritten(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ADAPTER_FILES[0]).write_text("{}")
+    assert _run(tmp_path, _good(tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert "already holds an adapter" in err and "--output" in err and "--resume" in err and "--overwrite" in err
+    assert (out / ADAPTER_FILES[0]).read_text() == "{}"
+
+
+@pytest.mark.slow
+def test_good_data_trains_reports_and_resumes(tmp_path, base_model_dir):
+    data = _good(tmp_path)
+    assert _run(tmp_path, data) == 0
+    out = tmp_path / "out"
+    assert all((out / f).is_file() for f in ADAPTER_FILES) and (out / "loss.png").is_file()
+    report = json.loads((out / "report.json").read_text())
+    for side in ("before", "after"):
+        assert 0 <= report[side]["exact_match"] <= 1 and report[side]["n"] == 2
+    assert report["steps"] == 4 and report["tokens_per_s"] > 0 and report["peak_memory_bytes"] > 0
+    assert report["train_examples"] == 6 and report["versions"]["peft"] and report["wall_s"] > 0
+    assert report["loss"]["values"][-1] < report["loss"]["values"][0]
+
+    # An interruption after step 2: the last two steps, the final checkpoint and the adapter are lost.
+    shutil.rmtree(out / "checkpoint-4", ignore_errors=True)
+    shutil.rmtree(out / "checkpoints" / "checkpoint-4")
+    for f in ADAPTER_FILES + ("report.json",):
+        (out / f).unlink()
+    assert last_checkpoint(out / "checkpoints").name == "checkpoint-2"
+    assert _run(tmp_path, data, "--resume") == 0
+    resumed = json.loads((out / "report.json").read_text())
+    assert resumed["steps"] == 4 and min(resumed["loss"]["steps"]) > 2  # it continued, not restarted
+    assert resumed["before"] == report["before"]
+    assert all((out / f).is_file() for f in ADAPTER_FILES)
