@@ -18,6 +18,7 @@ from pathlib import Path
 COMMAND_MODULES = [
     "lora101.doctor",
     "lora101.model_cli",
+    "lora101.finetune_cli",
     "lora101.grading",
 ]
 
