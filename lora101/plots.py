@@ -171,3 +171,17 @@ def plot_code_usage(counts: dict, title: str = "", ax=None):
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def display_figure(fig, dpi: int = 80) -> None:
+    """Show ``fig`` as a PNG and close it, whatever matplotlib backend the kernel runs (inline or Agg), so a
+    notebook cell shows exactly one image either way."""
+    import io
+
+    import matplotlib.pyplot as plt
+    from IPython.display import Image, display
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    plt.close(fig)
+    display(Image(buffer.getvalue()))
