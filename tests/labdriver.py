@@ -261,14 +261,14 @@ JS_STATE = f"""
 (path) => {{
   const panel = ({_FIND_PANEL})(path);
   const kernel = panel.sessionContext.session && panel.sessionContext.session.kernel;
-  const out = {{status: kernel ? kernel.status : 'none', code: 0, executed: 0, running: 0, errors: [],
+  const out = {{status: kernel ? kernel.status : 'none', code: 0, executed: 0, running: 0, runningCell: null, errors: [],
                png: 0, widgets: 0, text: 0}};
   panel.content.widgets.forEach((cell, index) => {{
     const m = cell.model;
     if (m.type !== 'code' || m.sharedModel.getSource().trim() === '') return;
     out.code += 1;
     if (m.executionCount !== null) out.executed += 1;
-    if (m.executionState === 'running') out.running += 1;
+    if (m.executionState === 'running') {{ out.running += 1; out.runningCell = index; }}
     for (let i = 0; i < m.outputs.length; i++) {{
       const o = m.outputs.get(i).toJSON();
       if (o.output_type === 'error') out.errors.push({{cell: index, ename: o.ename, evalue: o.evalue,
@@ -383,6 +383,7 @@ class RunReport:
     widget_outputs: int = 0
     dom: dict = field(default_factory=dict)
     longest_silence: float = 0.0
+    silent_cell: int | None = None  # the cell that was running then (index among all cells)
     timed_out: bool = False
 
 
@@ -419,8 +420,9 @@ def run_all(page, path: str, timeout: float, poll: float = 1.0) -> RunReport:
         key = (state["text"], state["sig"], state["executed"])
         if key != last_text:
             last_text, last_change = key, now
-        elif state["running"]:
-            report.longest_silence = max(report.longest_silence, now - last_change)
+        elif state["running"] and now - last_change > report.longest_silence:
+            report.longest_silence = now - last_change
+            report.silent_cell = state["runningCell"]
         done = (
             state["status"] == "idle"
             and not state["running"]
