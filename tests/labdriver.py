@@ -389,17 +389,25 @@ class RunReport:
 
 def open_notebook(page, server: LabServer, path: str, timeout: float = 120.0) -> None:
     """Open `path` (relative to the server root) in Lab and wait for its kernel to be idle."""
+    from playwright.sync_api import Error as PlaywrightError
+
     page.goto(server.url(f"lab/tree/{path}?reset"), wait_until="domcontentloaded", timeout=timeout * 1000)
-    page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell", timeout=timeout * 1000)
     deadline = time.monotonic() + timeout
     status = None
     while time.monotonic() < deadline:
-        dialog = page.query_selector(".jp-Dialog")
+        try:
+            dialog = page.query_selector(".jp-Dialog")
+            status = None if dialog is not None else page.evaluate(JS_PANEL_READY, path)
+        except PlaywrightError as exc:
+            # `?reset` makes JupyterLab reload once it has cleared the workspace: wait for the new page.
+            if "context was destroyed" not in str(exc) and "navigation" not in str(exc):
+                raise
+            time.sleep(0.5)
+            continue
         if dialog is not None:
             raise AssertionError(
                 f"{path}: JupyterLab opened a dialog instead of the notebook: {dialog.inner_text()!r}"
             )
-        status = page.evaluate(JS_PANEL_READY, path)
         if status == "idle":
             return
         time.sleep(0.5)

@@ -116,7 +116,7 @@ def _harness_notebooks(folder: Path) -> None:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     """(server, browser context): `jupyter lab` on copies of the course, and a headless Chromium."""
-    from labdriver import LabServer, find_chromium, launch_browser
+    from labdriver import LabServer, find_chromium, launch_browser  # imports no playwright
 
     chromium = find_chromium()
     if chromium is None:
