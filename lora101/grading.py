@@ -7,7 +7,7 @@ with its gradebook), autogrades them, writes feedback HTML and a CSV of scores.
 
 Robustness (``grading_config``): each cell has a timeout and is interrupted when it runs out; a cell that
 kills its kernel (``os._exit``) gets an error output and the kernel is restarted with the cells above it
-re-run, so the rest of the notebook is still graded (``RobustExecute``); test cells a learner edited or
+re-run, so the rest of the notebook is still graded (``robust_execute()``); test cells a learner edited or
 deleted are restored from the source (``OverwriteCells``, with missing cells added back); output is cut to
 ``max_output_lines`` lines a cell.
 
@@ -25,61 +25,68 @@ import os
 import shutil
 import sys
 import time
+from functools import cache
 from pathlib import Path
-
-from nbclient.exceptions import DeadKernelError
-from nbformat import NotebookNode
-from nbgrader.preprocessors import Execute
 
 CELL_TIMEOUT_S = 30
 MAX_OUTPUT_LINES = 200
 COURSE_DIR = Path(__file__).resolve().parent.parent / "exercises"
 
 
-class RobustExecute(Execute):
-    """nbgrader's ``Execute``, surviving a kernel that dies in a cell.
+@cache
+def robust_execute():
+    """The ``RobustExecute`` preprocessor class (built on first use: importing nbgrader takes a second, and
+    ``lora101 --help`` should not pay for it)."""
+    from nbclient.exceptions import DeadKernelError
+    from nbformat import NotebookNode
+    from nbgrader.preprocessors import Execute
 
-    nbgrader gives up on the whole submission when the kernel dies (``DeadKernelError``: no grades at all).
-    Here the cell that killed it gets an error output (so its tests fail for want of its definitions), a
-    fresh kernel is started, the code cells above it are re-run silently (skipping any that killed the
-    kernel too), and execution goes on.
-    """
+    class RobustExecute(Execute):
+        """nbgrader's ``Execute``, surviving a kernel that dies in a cell.
 
-    def preprocess(self, nb, resources=None, km=None):
-        self._killers: set[int] = set()
-        return super().preprocess(nb, resources, km)
+        nbgrader gives up on the whole submission when the kernel dies (``DeadKernelError``: no grades at all).
+        Here the cell that killed it gets an error output (so its tests fail for want of its definitions), a
+        fresh kernel is started, the code cells above it are re-run silently (skipping any that killed the
+        kernel too), and execution goes on.
+        """
 
-    def preprocess_cell(self, cell, resources, index):
-        try:
-            return super().preprocess_cell(cell, resources, index)
-        except DeadKernelError:
-            self.log.warning("cell %d killed the kernel; restarting it and re-running the cells above", index)
-            self._killers.add(index)
-            cell.outputs = [
-                NotebookNode(
-                    output_type="error",
-                    ename="DeadKernelError",
-                    evalue="the kernel died while running this cell",
-                    traceback=["DeadKernelError: the kernel died while running this cell (os._exit, a crash, "
-                               "running out of memory...); grading restarted it and went on."],
-                )
-            ]
-            self._restart()
-            for i, earlier in enumerate(self.nb.cells[:index]):
-                if earlier.cell_type == "code" and i not in self._killers:
-                    self.execute_cell(earlier.copy(), i, store_history=False)
-            return cell, self.resources
+        def preprocess(self, nb, resources=None, km=None):
+            self._killers: set[int] = set()
+            return super().preprocess(nb, resources, km)
 
-    def _restart(self) -> None:
-        from nbclient.util import run_sync
+        def preprocess_cell(self, cell, resources, index):
+            try:
+                return super().preprocess_cell(cell, resources, index)
+            except DeadKernelError:
+                self.log.warning("cell %d killed the kernel; restarting it and re-running the cells above", index)
+                self._killers.add(index)
+                cell.outputs = [
+                    NotebookNode(
+                        output_type="error",
+                        ename="DeadKernelError",
+                        evalue="the kernel died while running this cell",
+                        traceback=["DeadKernelError: the kernel died while running this cell (os._exit, a crash, "
+                                   "running out of memory...); grading restarted it and went on."],
+                    )
+                ]
+                self._restart()
+                for i, earlier in enumerate(self.nb.cells[:index]):
+                    if earlier.cell_type == "code" and i not in self._killers:
+                        self.execute_cell(earlier.copy(), i, store_history=False)
+                return cell, self.resources
 
-        run_sync(self.km.restart_kernel)(now=True)
-        if self.kc is not None:
-            self.kc.stop_channels()
-        self.kc = self.km.client()
-        self.kc.start_channels()
-        run_sync(self.kc.wait_for_ready)(timeout=self.startup_timeout)
-        self.kc.allow_stdin = False
+        def _restart(self) -> None:
+            from nbclient.util import run_sync
+
+            run_sync(self.km.restart_kernel)(now=True)
+            if self.kc is not None:
+                self.kc.stop_channels()
+            self.kc = self.km.client()
+            self.kc.start_channels()
+            run_sync(self.kc.wait_for_ready)(timeout=self.startup_timeout)
+            self.kc.allow_stdin = False
+
+    return RobustExecute
 
 
 def grading_config(course_root: Path, cell_timeout: int = CELL_TIMEOUT_S, max_output_lines: int = MAX_OUTPUT_LINES):
@@ -104,12 +111,17 @@ def grading_config(course_root: Path, cell_timeout: int = CELL_TIMEOUT_S, max_ou
     c.Exchange.root = str(Path(course_root).resolve() / ".exchange")
     c.Execute.timeout = int(cell_timeout)
     c.Execute.interrupt_on_timeout = True
+    # Output that arrives late (a busy machine, a flood of prints) must not fail the whole submission.
+    c.Execute.iopub_timeout = 30
+    c.Execute.raise_on_iopub_timeout = False
+    c.RobustExecute.iopub_timeout = 30
+    c.RobustExecute.raise_on_iopub_timeout = False
     c.RobustExecute.timeout = int(cell_timeout)
     c.OverwriteCells.add_missing_cells = True
     c.LimitOutput.max_lines = int(max_output_lines)
     c.LimitOutput.max_traceback = 60
     c.Autograde.autograde_preprocessors = [
-        RobustExecute,
+        robust_execute(),
         IgnorePattern,
         ClearMetadataPreprocessor,
         LimitOutput,
