@@ -268,7 +268,8 @@ JS_STATE = f"""
     if (m.type !== 'code' || m.sharedModel.getSource().trim() === '') return;
     out.code += 1;
     if (m.executionCount !== null) out.executed += 1;
-    if (m.executionState === 'running') {{ out.running += 1; out.runningCell = index; }}
+    // Queued cells show as running too: the one executing is the first.
+    if (m.executionState === 'running') {{ out.running += 1; if (out.runningCell === null) out.runningCell = index; }}
     for (let i = 0; i < m.outputs.length; i++) {{
       const o = m.outputs.get(i).toJSON();
       if (o.output_type === 'error') out.errors.push({{cell: index, ename: o.ename, evalue: o.evalue,
