@@ -8,6 +8,7 @@ import socket
 import sys
 from pathlib import Path
 
+import matplotlib
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -17,7 +18,10 @@ REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("MPLBACKEND", "Agg")
+# Figures drawn by the tests themselves never open a window. Only this process: notebook kernels
+# (nbval, the browser test) keep the inline backend a learner's kernel has, so stored plots are compared
+# the way a learner sees them whether a notebook is run alone or with the whole suite.
+matplotlib.use("Agg")
 # nbgrader runs alembic (and nbval runs kernels) as subprocesses: the venv's bin/ must be on PATH.
 os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 
