@@ -43,7 +43,10 @@ model: $(STAMP)
 lab: setup
 	$(BIN)/jupyter lab --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/lessons $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
+# The browser test drives Debian's chromium; ensure_chromium.sh installs it with apt where it can (root on
+# Debian/Ubuntu, as in CI) and otherwise says why the browser test will skip.
 test: setup
+	sh tests/browser/ensure_chromium.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
