@@ -1,0 +1,107 @@
+"""Lesson 6's sweeps: rank, target modules, alpha, learning rate, full FT vs LoRA vs QLoRA, bad fits; writes a JSON results file.
+
+Each run trains SmolLM2-135M-Instruct on the contract -> JSON task (lora101.data) for --steps optimizer
+steps of --batch-size fresh examples, in its own process, and scores --eval-examples held-out examples
+(test loss, token accuracy, exact match; see lora101.sweep). The results file records the machine,
+the library versions, the settings, this command line and every measured number; an existing file is
+never replaced unless --force is given. While the sweep runs, finished runs are kept in OUTPUT.partial.
+
+Groups (--groups, default all): method (base untrained, full FT, LoRA, QLoRA), lr (both methods at both
+learning rates), rank (--ranks, alpha = 2r), targets (q,v vs all linear layers at an equal parameter
+budget), alpha (--alphas at the reference rank), wrong_tool (a random-init base, noisy answers).
+
+Examples:
+  lora101 bench sweep --output sweep.json                                 # everything (hours on a laptop CPU)
+  lora101 bench sweep --output quick.json --groups rank --ranks 1,16 --steps 10 --eval-examples 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from lora101.sweep import ALPHAS, GROUPS, RANKS, Settings
+
+    d = Settings()
+    parser.add_argument("--output", required=True, help="results file to write (.json); never replaced without --force")
+    parser.add_argument("--force", action="store_true", help="replace an existing results file")
+    parser.add_argument("--groups", default=",".join(GROUPS), help="comma-separated subset of " + ", ".join(GROUPS))
+    parser.add_argument("--ranks", default=",".join(map(str, RANKS)), help="ranks of the rank group (default %(default)s)")
+    parser.add_argument("--alphas", default=",".join(map(str, ALPHAS)), help="alphas of the alpha group (default %(default)s)")
+    parser.add_argument("--steps", type=int, default=d.steps, help="optimizer steps per run (default %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="examples per step (default %(default)s)")
+    parser.add_argument("--eval-examples", type=int, default=d.eval_examples, help="held-out examples scored per run (default %(default)s)")
+    parser.add_argument("--rank", type=int, default=d.rank, help="the reference adapter's rank (default %(default)s)")
+    parser.add_argument("--lr", type=float, default=d.lr, help="LoRA learning rate (default %(default)s)")
+    parser.add_argument("--full-lr", type=float, default=d.full_lr, help="full fine-tuning learning rate (default %(default)s)")
+    parser.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="default %(default)s")
+    parser.add_argument("--noise", type=float, default=d.noise, help="fraction of wrong answers in the poor-data run (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--threads", type=int, default=d.threads, help="torch threads per run; 0: torch's default")
+    parser.add_argument("--model", default=d.model, help="base model (default %(default)s)")
+
+
+def _ints(text: str, option: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{option}: {text!r} is not a comma-separated list of integers") from None
+    if not values or any(v < 1 for v in values):
+        raise ValueError(f"{option}: give positive integers, got {text!r}")
+    return values
+
+
+def parse(args: argparse.Namespace):
+    """(runs, settings, output path) from the parsed arguments; ValueError/FileExistsError name the option."""
+    from lora101.sweep import Settings, check_output_path, plan
+
+    groups = [g.strip() for g in args.groups.split(",") if g.strip()]
+    ranks, alphas = _ints(args.ranks, "--ranks"), _ints(args.alphas, "--alphas")
+    if any(r > 256 for r in ranks):
+        raise ValueError(f"--ranks: at most 256 (SmolLM2's k/v projections are 192 wide), got {args.ranks!r}")
+    options = {"steps": "--steps", "batch_size": "--batch-size", "eval_examples": "--eval-examples", "rank": "--rank",
+               "lr": "--lr", "full_lr": "--full-lr", "warmup_steps": "--warmup-steps", "noise": "--noise",
+               "seed": "--seed", "threads": "--threads", "model": "--model"}
+    try:
+        settings = Settings(**{name: getattr(args, name) for name in options})
+    except ValueError as err:  # name the command-line option, not the field
+        name = str(err).split(" ", 1)[0]
+        raise ValueError(f"{options.get(name, name)}{str(err)[len(name):]}") from None
+    try:
+        runs = plan(settings, groups, ranks, alphas)
+    except ValueError as err:
+        raise ValueError(f"--{err}") from None
+    path = check_output_path(args.output, args.force)
+    return runs, settings, path
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The full command, every option spelled out, that reproduces this sweep (recorded in the file)."""
+    parts = ["lora101", "bench", "sweep"]
+    for key, value in vars(args).items():
+        if key in ("command", "benchmark", "func") or value is False or value is None:
+            continue
+        parts.append("--" + key.replace("_", "-"))
+        if value is not True:
+            parts.append(str(value))
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def run(args: argparse.Namespace) -> int:
+    from lora101.sweep import run_sweep, table
+
+    try:
+        runs, settings, path = parse(args)
+    except (ValueError, FileExistsError, FileNotFoundError) as err:
+        message = str(err)
+        print(f"lora101 bench sweep: error: {'--' + message if message.startswith('output:') else message}", file=sys.stderr)
+        return 2
+    command = command_line(args)
+    print(f"{len(runs)} runs x {settings.steps} steps of {settings.batch_size} examples; results -> {path}", flush=True)
+    doc = run_sweep(runs, settings, path, force=args.force, command=command)
+    print(table(doc["runs"], timing=True))
+    print(f"written {path}")
+    return 0

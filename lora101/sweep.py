@@ -1,0 +1,579 @@
+"""Sweeps of the fine-tune's knobs (lesson 6): rank, target modules, alpha, learning rate, method, bad fits.
+
+Every run trains SmolLM2 on the contract -> JSON task of :mod:`lora101.data` for ``steps`` optimizer steps
+with the transformers ``Trainer`` (through :func:`lora101.finetune.train`), then scores the held-out
+test split. A run is one :class:`Run` (what changes) under one :class:`Settings` (what stays fixed).
+
+Each run executes in a fresh Python process, so that its peak memory is its own and a crash in one
+run cannot poison the next; the parent streams the child's step events into one tqdm bar and writes
+every measured number into a JSON results file (:func:`run_sweep`), together with the machine, the
+library versions and the settings. The file is never overwritten unless ``force=True``.
+
+How a run is scored (:func:`teacher_forced_scores`), with one forward pass per batch instead of a
+generation loop (about 50x cheaper on a CPU, which is what makes a sweep affordable there):
+
+* ``test_loss`` - cross-entropy of the reference answer's tokens (and the end-of-turn token);
+* ``token_accuracy`` - the fraction of those tokens that are the model's top choice;
+* ``exact_match`` - the fraction of examples whose every answer token is the top choice. This is
+  exactly "greedy decoding reproduces the reference answer, character for character, and stops":
+  greedy decoding emits the top token given what came before, so by induction it reproduces the
+  reference iff the top token is right at every position given the reference prefix. (It is
+  stricter than :func:`lora101.evaluate.score`, which parses the JSON and so forgives spacing.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, fields, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from lora101.models import DEFAULT_MODEL
+
+FORMAT = "lora101-sweep/1"
+GROUPS: tuple[str, ...] = ("method", "lr", "rank", "targets", "alpha", "wrong_tool")
+METHODS: tuple[str, ...] = ("none", "lora", "qlora", "full")
+RANKS: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
+ALPHAS: tuple[int, ...] = (2, 8, 32, 128, 512)
+QV = "q_proj,v_proj"
+ALL_LINEAR = "all-linear"
+ALL_LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What stays fixed across the runs of one sweep."""
+
+    steps: int = 30  # optimizer steps per run (each sees steps x batch_size fresh training examples)
+    batch_size: int = 4
+    eval_examples: int = 48  # held-out test examples scored per run
+    lr: float = 1e-3  # the LoRA learning rate (the seeds: tune it; LoRA's best is ~10x full FT's)
+    full_lr: float = 5e-5  # a usual full fine-tuning learning rate
+    rank: int = 16  # the reference adapter: rank 16, alpha 32 (alpha = 2r), all linear layers
+    warmup_steps: int = 3
+    noise: float = 0.5  # the "poor data" run: this fraction of training answers belong to another sentence
+    seed: int = 0
+    threads: int = 0  # torch threads in each run; 0 keeps torch's default
+    model: str = DEFAULT_MODEL
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "eval_examples", "rank"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("warmup_steps", "seed", "threads"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        for name in ("lr", "full_lr"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0 < value < 1:
+                raise ValueError(f"{name} must be a learning rate between 0 and 1, got {value!r}")
+        if not 0 < self.noise <= 1:
+            raise ValueError(f"noise must be a fraction in (0, 1], got {self.noise!r}")
+        if self.eval_examples > 2000:
+            raise ValueError(f"eval_examples must be at most 2000, got {self.eval_examples}")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run: the method and the knobs that differ from the reference adapter."""
+
+    name: str
+    method: str = "lora"  # "none" (the base, untrained), "lora", "qlora" (4-bit NF4 base) or "full"
+    rank: int = 16
+    alpha: int = 32
+    targets: str = ALL_LINEAR  # "all-linear" or comma-separated module names
+    lr: float = 1e-3
+    base: str = "pretrained"  # or "random": the same architecture, freshly initialised (a weak base)
+    data: str = "clean"  # or "noisy": part of the training answers belong to other sentences (poor data)
+    groups: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.base not in ("pretrained", "random"):
+            raise ValueError(f"base must be 'pretrained' or 'random', got {self.base!r}")
+        if self.data not in ("clean", "noisy"):
+            raise ValueError(f"data must be 'clean' or 'noisy', got {self.data!r}")
+        if self.rank < 1 or self.alpha < 1:
+            raise ValueError(f"rank and alpha must be >= 1, got rank={self.rank}, alpha={self.alpha}")
+
+    @property
+    def key(self) -> tuple:
+        """What the run does (its name and groups aside): two runs with equal keys are one run."""
+        d = asdict(self)
+        d.pop("name"), d.pop("groups")
+        if self.method in ("none", "full"):  # no adapter: rank, alpha and targets mean nothing
+            d.update(rank=0, alpha=0, targets="")
+        if self.method == "none":
+            d.update(lr=0.0, data="clean")
+        return tuple(sorted(d.items()))
+
+
+def target_modules(targets: str) -> tuple[str, ...]:
+    """The module names ``targets`` adapts: ``"all-linear"`` -> SmolLM2's seven projections."""
+    if targets == ALL_LINEAR:
+        return ALL_LINEAR_MODULES
+    names = tuple(t.strip() for t in targets.split(",") if t.strip())
+    unknown = [n for n in names if n not in ALL_LINEAR_MODULES]
+    if not names or unknown:
+        raise ValueError(f"targets: {targets!r} names no known module; use 'all-linear' or some of {ALL_LINEAR_MODULES}")
+    return names
+
+
+def adapter_parameters(rank: int, targets: str, model: str = "SmolLM2-135M") -> int:
+    """Trainable parameters of a LoRA adapter: ``rank * (in + out)`` per targeted layer, all blocks."""
+    from lora101.memory import lora_parameter_count
+
+    return lora_parameter_count(model, rank, target_modules(targets))
+
+
+def equal_budget_rank(rank: int, targets: str, other_targets: str, model: str = "SmolLM2-135M") -> int:
+    """The rank on ``other_targets`` whose adapter has the closest parameter count to ``rank`` on ``targets``.
+
+    On SmolLM2-135M, q and v at rank 16 (921,600) match all seven linear layers at rank 3 (915,840).
+    """
+    want = adapter_parameters(rank, targets, model)
+    per_rank = adapter_parameters(1, other_targets, model)
+    return max(1, round(want / per_rank))
+
+
+def plan(settings: Settings = Settings(), groups: Iterable[str] = GROUPS, ranks: Sequence[int] = RANKS,
+         alphas: Sequence[int] = ALPHAS) -> list[Run]:
+    """The runs that answer ``groups``, each run once (a run several groups need is listed with all of them).
+
+    * ``method``: the base untrained; full fine-tuning at ``full_lr``; LoRA and QLoRA (rank ``rank``,
+      alpha 2r, all linear layers) at ``lr``.
+    * ``lr``: LoRA and full fine-tuning, each at both learning rates.
+    * ``rank``: LoRA at each of ``ranks`` with alpha = 2r (so the scale alpha/r stays 2).
+    * ``targets``: q,v at rank ``rank`` against all linear layers at the rank with the same parameter count.
+    * ``alpha``: rank ``rank`` with each of ``alphas`` (scale alpha/r from tiny to huge).
+    * ``wrong_tool``: the reference adapter on a freshly initialised base (weak base) and on noisy answers
+      (poor data), beside the reference.
+    """
+    groups = list(groups)
+    unknown = [g for g in groups if g not in GROUPS]
+    if unknown or not groups:
+        raise ValueError(f"groups: {unknown or groups!r} not understood; choose from {GROUPS}")
+    r, lr, full_lr = settings.rank, settings.lr, settings.full_lr
+    ref = Run(f"LoRA r={r}", rank=r, alpha=2 * r, lr=lr)
+    wanted: list[Run] = []
+
+    def add(run: Run, group: str) -> None:
+        wanted.append(replace(run, groups=(group,)))
+
+    if "method" in groups:
+        add(Run("base (untrained)", method="none"), "method")
+        add(Run(f"full FT lr={full_lr:g}", method="full", lr=full_lr), "method")
+        add(ref, "method")
+        add(replace(ref, name=f"QLoRA r={r}", method="qlora"), "method")
+    if "lr" in groups:
+        add(replace(ref, name=f"LoRA r={r} lr={lr:g}"), "lr")
+        add(replace(ref, name=f"LoRA r={r} lr={full_lr:g}", lr=full_lr), "lr")
+        add(Run(f"full FT lr={full_lr:g}", method="full", lr=full_lr), "lr")
+        add(Run(f"full FT lr={lr:g}", method="full", lr=lr), "lr")
+    if "rank" in groups:
+        for rank in ranks:
+            add(replace(ref, name=f"LoRA r={rank}", rank=rank, alpha=2 * rank), "rank")
+    if "targets" in groups:
+        r_all = equal_budget_rank(r, QV, ALL_LINEAR)
+        add(replace(ref, name=f"q,v r={r}", targets=QV), "targets")
+        add(replace(ref, name=f"all-linear r={r_all}", rank=r_all, alpha=2 * r_all), "targets")
+        add(ref, "targets")
+    if "alpha" in groups:
+        for alpha in alphas:
+            add(replace(ref, name=f"r={r} alpha={alpha}", alpha=alpha), "alpha")
+    if "wrong_tool" in groups:
+        add(replace(ref, name=f"LoRA r={r}, pretrained base, clean data"), "wrong_tool")
+        add(replace(ref, name=f"LoRA r={r}, random base", base="random"), "wrong_tool")
+        add(replace(ref, name=f"LoRA r={r}, {settings.noise:.0%} wrong answers", data="noisy"), "wrong_tool")
+    merged: dict[tuple, Run] = {}
+    for run in wanted:
+        if run.key in merged:
+            old = merged[run.key]
+            merged[run.key] = replace(old, groups=old.groups + tuple(g for g in run.groups if g not in old.groups))
+        else:
+            merged[run.key] = run
+    return list(merged.values())
+
+
+# ------------------------------------------------------------------------------------------------
+# One run (inside the worker process)
+
+
+def _datasets(tokenizer, settings: Settings, data: str):
+    """(train, test) ``datasets.Dataset``s; "noisy" swaps ``noise`` of the training answers between sentences."""
+    import random
+
+    from datasets import Dataset
+
+    from lora101.data import build_dataset, build_messages, tokenize_example
+
+    n_train = settings.steps * settings.batch_size
+    dd = build_dataset(tokenizer, n_train=n_train, n_test=settings.eval_examples, seed=settings.seed)
+    train, test = dd["train"], dd["test"]
+    if data == "noisy":
+        rng = random.Random(f"lora101-sweep/noise/{settings.seed}")
+        answers = list(train["answer"])
+        chosen = rng.sample(range(n_train), round(settings.noise * n_train))
+        shuffled = [answers[i] for i in chosen]
+        rng.shuffle(shuffled)
+        for i, answer in zip(chosen, shuffled, strict=True):
+            answers[i] = answer
+        rows = [tokenize_example(tokenizer, build_messages(s), a) for s, a in zip(train["sentence"], answers, strict=True)]
+        train = Dataset.from_list(rows)
+    return train.select_columns(["input_ids", "attention_mask", "labels"]), test
+
+
+def _model(run: Run, settings: Settings):
+    """The model to train for ``run`` and its parameter counts."""
+    import torch
+
+    from lora101 import finetune as ft
+
+    if run.base == "random":
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        from lora101.models import choose_device, resolve_model
+
+        torch.manual_seed(settings.seed)
+        config = AutoConfig.from_pretrained(resolve_model(settings.model).path)
+        base = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32).to(choose_device())
+        for p in base.parameters():
+            p.requires_grad_(False)
+    else:
+        base = ft.load_base(settings.model, precision="nf4" if run.method == "qlora" else "fp32")
+    if run.method in ("lora", "qlora"):
+        torch.manual_seed(settings.seed)  # the adapters' A matrices are drawn here
+        model = ft.add_lora(base, run.rank, run.alpha, list(target_modules(run.targets)))
+        counts = ft.count_parameters(model)
+    else:
+        model = base
+        if run.method == "full":
+            for p in model.parameters():
+                p.requires_grad_(True)
+        params = list(model.parameters())  # tied weights appear once
+        counts = {"trainable": sum(p.numel() for p in params if p.requires_grad), "total": sum(p.numel() for p in params)}
+    return model, counts
+
+
+def teacher_forced_scores(model, tokenizer, dataset, batch_size: int = 8) -> dict[str, float]:
+    """``test_loss``, ``token_accuracy`` and ``exact_match`` of ``model`` on ``dataset`` (columns
+    ``input_ids``, ``attention_mask``, ``labels`` with the prompt masked as -100); see the module docstring."""
+    import torch
+
+    from lora101.finetune import collator
+
+    rows = dataset.select_columns(["input_ids", "attention_mask", "labels"])
+    device = next(model.parameters()).device
+    collate = collator(tokenizer)
+    was_training = model.training
+    model.eval()
+    loss_sum = 0.0
+    hits = tokens = exact = 0
+    with torch.no_grad():
+        for start in range(0, len(rows), batch_size):
+            batch = collate([rows[i] for i in range(start, min(start + batch_size, len(rows)))])
+            batch = {k: v.to(device) for k, v in batch.items()}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+            logits, target = logits[:, :-1], batch["labels"][:, 1:]  # position t predicts token t+1
+            mask = target != -100
+            loss_sum += float(torch.nn.functional.cross_entropy(logits[mask], target[mask], reduction="sum"))
+            right = (logits.argmax(-1) == target) & mask
+            hits += int(right.sum())
+            tokens += int(mask.sum())
+            exact += int((right | ~mask).all(dim=1).sum())
+    model.train(was_training)
+    return {"test_loss": loss_sum / tokens, "token_accuracy": hits / tokens, "exact_match": exact / len(rows),
+            "exact": exact, "n": len(rows), "answer_tokens": tokens}
+
+
+def _rss() -> int:
+    from lora101.finetune import peak_memory_bytes
+
+    return peak_memory_bytes("cpu")
+
+
+def run_one(run: Run, settings: Settings, on_step: Callable[[int], None] | None = None,
+            workdir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Train and score one run in this process; returns every number it measured.
+
+    ``on_step(step)`` is called after each optimizer step. Peak memory is the process's: call this in a
+    fresh process (as :func:`run_sweep` does) for it to be the run's own.
+    """
+    import torch
+
+    from lora101 import finetune as ft
+    from lora101.models import choose_device, load_tokenizer
+
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    device = choose_device()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    tokenizer = load_tokenizer(settings.model)
+    train_ds, test_ds = _datasets(tokenizer, settings, run.data)
+    rss_before_model = _rss()
+    model, counts = _model(run, settings)
+    rss_after_model = _rss()
+    result: dict[str, Any] = {"parameters": counts, "rss_before_model_bytes": rss_before_model,
+                              "rss_after_model_bytes": rss_after_model}
+    if run.method != "none":
+        config = ft.FinetuneConfig(
+            model=settings.model, precision="nf4" if run.method == "qlora" else "fp32", rank=run.rank,
+            alpha=run.alpha, steps=settings.steps, batch_size=settings.batch_size, lr=run.lr,
+            warmup_steps=settings.warmup_steps, seed=settings.seed, save_steps=10**9, logging_steps=1,
+        )
+        callbacks = [_step_callback(on_step)] if on_step else []
+        with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+            trained = ft.train(model, tokenizer, train_ds, config, tmp, callbacks=callbacks, progress=False)
+        losses = trained.losses
+        result["train"] = {
+            "steps": trained.global_step, "wall_s": trained.wall_s, "tokens": trained.tokens,
+            "tokens_per_s": trained.tokens_per_s, "first_loss": losses[0] if losses else None,
+            "final_loss": losses[-1] if losses else None,
+            "last5_mean_loss": sum(losses[-5:]) / len(losses[-5:]) if losses else None, "losses": losses,
+        }
+    start = time.perf_counter()
+    result["eval"] = teacher_forced_scores(model, tokenizer, test_ds)
+    result["eval"]["wall_s"] = time.perf_counter() - start
+    result["peak_memory_bytes"] = ft.peak_memory_bytes(device)
+    result["peak_memory_kind"] = "torch.cuda.max_memory_allocated" if device.type == "cuda" else "peak RSS of the run's process"
+    result["device"] = str(device)
+    result["threads"] = torch.get_num_threads()
+    if load_start is not None:
+        result["load_average_1min"] = {"start": load_start, "end": os.getloadavg()[0]}
+    return result
+
+
+def _step_callback(on_step: Callable[[int], None]):
+    from transformers import TrainerCallback
+
+    class StepEvents(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            on_step(state.global_step)
+
+    return StepEvents()
+
+
+def _worker(spec: str) -> int:
+    """Entry point of a run's process: ``python -m lora101.sweep '{"run": ..., "settings": ...}'``."""
+    import lora101  # noqa: F401  (quiets bitsandbytes before it is imported)
+
+    payload = json.loads(spec)
+    run = Run(**{**payload["run"], "groups": tuple(payload["run"]["groups"])})
+    settings = Settings(**payload["settings"])
+
+    def on_step(step: int) -> None:
+        print("STEP " + json.dumps(step), flush=True)
+
+    result = run_one(run, settings, on_step, payload.get("workdir"))
+    print("RESULT " + json.dumps(result), flush=True)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# The sweep (parent process)
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, cores, memory, GPU (if any), OS and the load average when the sweep started."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info: dict[str, Any] = {
+        "cpu": cpu, "cpu_cores": os.cpu_count(), "torch_threads_default": torch.get_num_threads(),
+        "os": platform.platform(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    try:
+        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        info["memory_bytes"] = pages * size
+    except (ValueError, OSError, AttributeError):
+        pass
+    if hasattr(os, "getloadavg"):
+        info["load_average_at_start"] = list(os.getloadavg())
+    return info
+
+
+def versions() -> dict[str, str]:
+    """Python and the libraries a run depends on."""
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets", "lora101"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def check_output_path(path: str | os.PathLike, force: bool = False) -> Path:
+    """``path`` as a Path, after checking that a results file may be written there.
+
+    Raises FileExistsError when a file is already there (unless ``force``), ValueError when the name
+    does not end in ``.json`` or names a folder, FileNotFoundError when its folder does not exist.
+    """
+    path = Path(path)
+    if path.suffix != ".json":
+        raise ValueError(f"output: {path} must end in .json (the results file is JSON)")
+    if path.is_dir():
+        raise ValueError(f"output: {path} is a folder; give a file name such as {path / 'sweep.json'}")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"output: the folder {path.parent} does not exist; create it first")
+    if path.exists() and not force:
+        raise FileExistsError(f"output: {path} already exists; choose another name or pass --force to replace it")
+    return path
+
+
+def _run_in_process(run: Run, settings: Settings, on_step: Callable[[int], None]) -> dict[str, Any]:
+    """Run ``run`` in a fresh Python process, forwarding its step events; returns its result."""
+    payload = json.dumps({"run": asdict(run), "settings": asdict(settings)})
+    cmd = [sys.executable, "-m", "lora101.sweep", payload]
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
+    with tempfile.TemporaryFile(mode="w+") as errors:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errors, text=True, env=env)
+        result = None
+        for line in proc.stdout:
+            if line.startswith("STEP "):
+                on_step(int(json.loads(line[5:])))
+            elif line.startswith("RESULT "):
+                result = json.loads(line[7:])
+        proc.wait()
+        if proc.returncode != 0 or result is None:
+            errors.seek(0)
+            tail = errors.read()[-4000:]
+            raise RuntimeError(f"run {run.name!r} failed (exit status {proc.returncode}):\n{tail}")
+    return result
+
+
+def run_sweep(runs: Sequence[Run], settings: Settings, output: str | os.PathLike | None = None, *,
+              force: bool = False, command: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run ``runs`` one after another (each in its own process) and return the results document.
+
+    With ``output``, the document is written there as JSON (refusing to replace an existing file unless
+    ``force``); while the sweep runs, the runs done so far are kept in ``output + '.partial'``, so an
+    interrupted sweep leaves its measurements behind. ``command`` records how the sweep was started.
+    """
+    from tqdm.auto import tqdm
+
+    path = check_output_path(output, force) if output is not None else None
+    doc: dict[str, Any] = {
+        "format": FORMAT, "command": command, "started": _now(), "finished": None, "complete": False,
+        "machine": machine_info(), "versions": versions(), "settings": asdict(settings),
+        "scoring": "teacher-forced on the held-out test split: exact_match = greedy decoding reproduces the "
+                   "reference answer exactly (see lora101.sweep)",
+        "runs": [],
+    }
+    total = sum(settings.steps if r.method != "none" else 0 for r in runs) + len(runs)
+    bar = tqdm(total=total, desc="sweep", unit="step", disable=not progress)
+    try:
+        for run in runs:
+            bar.set_description(run.name)
+            done = 0
+
+            def on_step(step: int) -> None:
+                nonlocal done
+                bar.update(step - done)
+                done = step
+
+            start = time.perf_counter()
+            result = _run_in_process(run, settings, on_step)
+            result["process_wall_s"] = time.perf_counter() - start
+            bar.update(1)  # the evaluation
+            doc["runs"].append({**asdict(run), "groups": list(run.groups), "result": result})
+            if path is not None:
+                _write_json(Path(str(path) + ".partial"), doc)
+    finally:
+        bar.close()
+    doc["finished"], doc["complete"] = _now(), True
+    if path is not None:
+        check_output_path(path, force)  # nothing appeared there while the sweep ran
+        _write_json(path, doc)
+        Path(str(path) + ".partial").unlink(missing_ok=True)
+    return doc
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+def _write_json(path: Path, doc: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    tmp.replace(path)
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading results
+
+
+def load_results(path: str | os.PathLike) -> dict[str, Any]:
+    """A results file written by :func:`run_sweep`, checked for its format and its fields."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such results file; `lora101 bench sweep --output {path}` writes one") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not JSON ({err})") from None
+    if doc.get("format") != FORMAT:
+        raise ValueError(f"{path}: format {doc.get('format')!r} is not {FORMAT!r}")
+    missing = [k for k in ("machine", "versions", "settings", "runs") if k not in doc]
+    if missing:
+        raise ValueError(f"{path}: missing {missing}")
+    known = {f.name for f in fields(Run)}
+    for i, run in enumerate(doc["runs"]):
+        if not known <= set(run) or "eval" not in run.get("result", {}):
+            raise ValueError(f"{path}: run {i} lacks fields ({sorted(known - set(run))} or result.eval)")
+    return doc
+
+
+def runs_in(doc: dict[str, Any], group: str) -> list[dict[str, Any]]:
+    """The runs of ``doc`` that belong to ``group``, in the order they ran."""
+    if group not in GROUPS:
+        raise ValueError(f"group must be one of {GROUPS}, got {group!r}")
+    return [r for r in doc["runs"] if group in r["groups"]]
+
+
+def table(runs: Iterable[dict[str, Any]], timing: bool = False) -> str:
+    """A plain-text table of runs: trainable parameters, final training loss, test loss, token accuracy,
+    exact match; with ``timing``, also tokens/s and peak memory (which vary from machine to machine)."""
+    head = f"{'run':<34} {'trainable':>11} {'train loss':>10} {'test loss':>9} {'token acc':>9} {'exact':>9}"
+    if timing:
+        head += f" {'tokens/s':>8} {'peak MiB':>8}"
+    lines = [head]
+    for r in runs:
+        res, ev = r["result"], r["result"]["eval"]
+        train = res.get("train")
+        loss = f"{train['last5_mean_loss']:.3f}" if train else "-"
+        exact = f"{ev['exact']}/{ev['n']}"
+        line = (f"{r['name']:<34} {res['parameters']['trainable']:>11,} {loss:>10} {ev['test_loss']:>9.3f} "
+                f"{ev['token_accuracy']:>9.1%} {exact:>9}")
+        if timing:
+            tps = f"{train['tokens_per_s']:.0f}" if train else "-"
+            line += f" {tps:>8} {res['peak_memory_bytes'] / 2**20:>8.0f}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(_worker(sys.argv[1]))
