@@ -185,3 +185,106 @@ def display_figure(fig, dpi: int = 80) -> None:
     fig.savefig(buffer, format="png", dpi=dpi)
     plt.close(fig)
     display(Image(buffer.getvalue()))
+
+
+# ---- lesson 6: tradeoffs, measured (runs are entries of a lora101.sweep results file) -------------
+
+
+def _exact(run) -> float:
+    return run["result"]["eval"]["exact_match"]
+
+
+def plot_rank_sweep(runs, title: str = "", ax=None):
+    """Held-out exact match and token accuracy (left axis) and trainable parameters (right, log) against rank.
+
+    ``runs``: results-file runs of one rank sweep (``lora101.sweep.runs_in(doc, "rank")``).
+    """
+    import matplotlib.pyplot as plt
+
+    runs = sorted(runs, key=lambda r: r["rank"])
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7, 3.6), dpi=80)
+    ranks = [r["rank"] for r in runs]
+    ax.plot(ranks, [_exact(r) for r in runs], "o-", color="C0", label="exact match")
+    ax.plot(ranks, [r["result"]["eval"]["token_accuracy"] for r in runs], "s--", color="C2", label="token accuracy")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ranks, [str(r) for r in ranks])
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("rank r (alpha = 2r, all linear layers)")
+    ax.set_ylabel("held-out score")
+    right = ax.twinx()
+    right.plot(ranks, [r["result"]["parameters"]["trainable"] for r in runs], "^:", color="C3", label="trainable parameters")
+    right.set_yscale("log")
+    right.set_ylabel("trainable parameters", color="C3")
+    handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
+    ax.legend(handles, [h.get_label() for h in handles], fontsize=8, loc="lower right")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_sweep_bars(runs, title: str = "", ax=None):
+    """Horizontal bars per run: held-out exact match and token accuracy side by side (labels: run names)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    runs = list(runs)
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7, 0.45 * len(runs) + 1.2), dpi=80)
+    y = np.arange(len(runs))
+    exact = [_exact(r) for r in runs]
+    tokens = [r["result"]["eval"]["token_accuracy"] for r in runs]
+    ax.barh(y - 0.2, exact, 0.4, color="C0", label="exact match")
+    ax.barh(y + 0.2, tokens, 0.4, color="C2", label="token accuracy")
+    for i, (e, t) in enumerate(zip(exact, tokens, strict=True)):
+        ax.text(e + 0.01, i - 0.2, f"{e:.0%}", va="center", fontsize=8)
+        ax.text(t + 0.01, i + 0.2, f"{t:.0%}", va="center", fontsize=8)
+    ax.set_yticks(y, [r["name"] for r in runs])
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.12)
+    ax.set_xlabel("held-out score")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def plot_training_losses(runs, title: str = "", ax=None):
+    """The training loss of each run against the optimizer step (log scale: a diverging run stands out)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7, 3.4), dpi=80)
+    for r in runs:
+        losses = (r["result"].get("train") or {}).get("losses") or []
+        ax.plot(range(1, len(losses) + 1), losses, label=r["name"])
+    ax.set_yscale("log")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_method_comparison(runs, title: str = ""):
+    """Three panels per run (full FT, LoRA, QLoRA...): peak memory (MiB), training tokens/s, held-out exact match."""
+    import matplotlib.pyplot as plt
+
+    runs = [r for r in runs if r["result"].get("train")]
+    names = [r["name"] for r in runs]
+    panels = [
+        ("peak memory (MiB)", [r["result"]["peak_memory_bytes"] / 2**20 for r in runs], "{:.0f}"),
+        ("training tokens/s", [r["result"]["train"]["tokens_per_s"] for r in runs], "{:.0f}"),
+        ("held-out exact match", [_exact(r) for r in runs], "{:.0%}"),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(10, 0.45 * len(runs) + 1.4), dpi=80, sharey=True)
+    for ax, (label, values, fmt) in zip(axes, panels, strict=True):
+        ax.barh(range(len(runs)), values, color=[f"C{i}" for i in range(len(runs))])
+        for i, v in enumerate(values):
+            ax.text(v, i, " " + fmt.format(v), va="center", fontsize=8)
+        ax.set_xlim(0, max(values + [1e-9]) * 1.3)
+        ax.set_title(label, fontsize=10)
+    axes[0].set_yticks(range(len(runs)), names)
+    axes[0].invert_yaxis()
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

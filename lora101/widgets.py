@@ -71,3 +71,38 @@ def quantization_explorer(weights: dict):
         blocksize=w.Dropdown(options=list(nf4.BLOCKSIZES), value=64),
         double_quant=w.Checkbox(value=False, description="double quantisation"),
     )
+
+
+# ---- lesson 6: the decision path -----------------------------------------------------------------
+
+
+def decision_explorer():
+    """The seeds' decision path (``lora101.decision.decide``) with a control for every question it asks;
+    prints the questions walked and the route."""
+    import ipywidgets as w
+
+    from lora101.decision import decide
+
+    def show(n_params_b, gpu_memory_gb, prompting_good_enough, task_boundary_clear, base_is_strong,
+             needs_new_knowledge, data_is_good, want_full_capacity, many_variants):
+        d = decide(n_params=n_params_b * 1e9, gpu_memory_gb=gpu_memory_gb, prompting_good_enough=prompting_good_enough,
+                   task_boundary_clear=task_boundary_clear, base_is_strong=base_is_strong,
+                   needs_new_knowledge=needs_new_knowledge, data_is_good=data_is_good,
+                   want_full_capacity=want_full_capacity, many_variants=many_variants)  # fmt: skip
+        print(d.explain())
+
+    style = {"description_width": "initial"}
+    return w.interactive(
+        show,
+        n_params_b=w.FloatLogSlider(value=7, base=10, min=-1, max=2.5, step=0.05, description="base model (B params)",
+                                    style=style),  # fmt: skip
+        gpu_memory_gb=w.Dropdown(options=[4, 8, 12, 16, 24, 40, 48, 80, 160, 640], value=12,
+                                 description="GPU memory (GB)", style=style),  # fmt: skip
+        prompting_good_enough=w.Checkbox(value=False, description="prompting is good enough"),
+        task_boundary_clear=w.Checkbox(value=True, description="the task boundary is clear"),
+        base_is_strong=w.Checkbox(value=True, description="the base model is strong enough"),
+        needs_new_knowledge=w.Checkbox(value=False, description="needs a large body of new knowledge"),
+        data_is_good=w.Checkbox(value=True, description="the training data is good"),
+        want_full_capacity=w.Checkbox(value=False, description="every weight must change"),
+        many_variants=w.Checkbox(value=False, description="many variants of one base"),
+    )
