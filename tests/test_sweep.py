@@ -1,0 +1,161 @@
+"""lora101.sweep and `lora101 bench sweep`: the plan, argument checks, no overwrite, teacher-forced scoring,
+and one tiny real sweep that writes a well-formed results file."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lora101 import sweep
+from lora101.cli import main
+from lora101.sweep import ALL_LINEAR, QV, Run, Settings
+
+
+def test_plan_lists_each_run_once_with_all_its_groups():
+    runs = sweep.plan()
+    keys = [r.key for r in runs]
+    assert len(keys) == len(set(keys))
+    by_name = {r.name: r for r in runs}
+    assert set(by_name["LoRA r=16"].groups) == {"method", "lr", "rank", "targets", "alpha", "wrong_tool"}
+    assert set(by_name["full FT lr=5e-05"].groups) == {"method", "lr"}
+    assert [r.rank for r in sweep.plan(groups=["rank"])] == list(sweep.RANKS)
+    assert all(r.alpha == 2 * r.rank for r in sweep.plan(groups=["rank"]))
+    assert {r.method for r in sweep.plan(groups=["method"])} == {"none", "full", "lora", "qlora"}
+    wrong = {(r.base, r.data) for r in sweep.plan(groups=["wrong_tool"])}
+    assert wrong == {("pretrained", "clean"), ("random", "clean"), ("pretrained", "noisy")}
+
+
+def test_targets_compared_at_equal_parameter_budget():
+    r_all = sweep.equal_budget_rank(16, QV, ALL_LINEAR)
+    assert r_all == 3
+    qv, al = sweep.adapter_parameters(16, QV), sweep.adapter_parameters(r_all, ALL_LINEAR)
+    assert qv == 30 * 16 * ((576 + 576) + (576 + 192))  # q: 576 -> 576, v: 576 -> 192, 30 blocks
+    assert abs(al - qv) / qv < 0.01
+    runs = {r.targets: r for r in sweep.plan(groups=["targets"]) if r.rank in (3, 16)}
+    assert runs[QV].rank == 16 and runs[ALL_LINEAR].rank in (3, 16)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(steps=0), "steps must be a positive integer"),
+    (dict(batch_size=1.5), "batch_size must be a positive integer"),
+    (dict(lr=0), "lr must be a learning rate"),
+    (dict(full_lr=2.0), "full_lr must be a learning rate"),
+    (dict(noise=0), "noise must be a fraction"),
+    (dict(threads=-1), "threads must be an integer >= 0"),
+    (dict(eval_examples=5000), "eval_examples must be at most 2000"),
+])
+def test_settings_refuse_bad_values(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Settings(**kwargs)
+
+
+def test_runs_refuse_bad_values():
+    with pytest.raises(ValueError, match="method must be one of"):
+        Run("x", method="prefix")
+    with pytest.raises(ValueError, match="targets"):
+        sweep.target_modules("q_proj,attention")
+    with pytest.raises(ValueError, match="groups"):
+        sweep.plan(groups=["ranks"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--steps", "0"], "--steps must be a positive integer"),
+    (["--eval-examples", "-3"], "--eval-examples must be a positive integer"),
+    (["--lr", "3"], "--lr must be a learning rate"),
+    (["--groups", "rank,colour"], "--groups: ['colour'] not understood"),
+    (["--ranks", "1,two"], "--ranks: '1,two' is not a comma-separated list"),
+    (["--ranks", "0,4"], "--ranks: give positive integers"),
+    (["--ranks", "512"], "--ranks: at most 256"),
+    (["--alphas", ""], "--alphas: give positive integers"),
+])
+def test_cli_names_the_bad_option(tmp_path, capsys, args, message):
+    out = tmp_path / "r.json"
+    assert main(["bench", "sweep", "--output", str(out), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lora101 bench sweep: error: ") and message in err, err
+    assert not out.exists()
+
+
+def test_cli_checks_the_output_path(tmp_path, capsys):
+    assert main(["bench", "sweep", "--output", str(tmp_path / "r.txt")]) == 2
+    assert "--output: " in capsys.readouterr().err
+    assert main(["bench", "sweep", "--output", str(tmp_path / "missing" / "r.json")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["bench", "sweep", "--output", str(tmp_path)]) == 2  # a folder
+    assert "must end in .json" in capsys.readouterr().err
+
+
+def test_cli_never_overwrites_without_force(tmp_path, capsys):
+    out = tmp_path / "kept.json"
+    out.write_text('{"mine": true}')
+    assert main(["bench", "sweep", "--output", str(out), "--steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "already exists" in err and "pass --force" in err
+    assert out.read_text() == '{"mine": true}'
+    from lora101.bench.sweep import parse
+    from lora101.cli import build_parser
+
+    argv = ["bench", "sweep", "--output", str(out), "--force", "--groups", "rank", "--ranks", "2"]
+    runs, settings, path = parse(build_parser(argv).parse_args(argv))
+    assert path == out and [r.rank for r in runs] == [2] and settings == Settings()
+
+
+def test_load_results_rejects_other_files(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(ValueError, match="format"):
+        sweep.load_results(bad)
+    with pytest.raises(FileNotFoundError, match="lora101 bench sweep --output"):
+        sweep.load_results(tmp_path / "none.json")
+
+
+@pytest.mark.slow
+def test_teacher_forced_exact_match_is_greedy_decoding(base_model_dir):
+    """exact_match counts an example iff greedy generation reproduces its answer: the model's own greedy
+    output scores 1, the same answer with one character changed scores 0."""
+    import torch
+    from datasets import Dataset
+
+    from lora101.data import build_messages, prompt_text, tokenize_example
+    from lora101.evaluate import generate
+    from lora101.models import load_model, load_tokenizer
+
+    torch.manual_seed(0)
+    tok = load_tokenizer()
+    model = load_model(precision="fp32").eval()
+    sentence = "Extract: Ann pays Bo 5 EUR."
+    own = generate(model, tok, [prompt_text(tok, build_messages(sentence))], max_new_tokens=120, progress=False)[0]
+    changed = own[:-1] + ("X" if own[-1] != "X" else "Y")
+    rows = [tokenize_example(tok, build_messages(sentence), answer) for answer in (own, changed)]
+    scores = [sweep.teacher_forced_scores(model, tok, Dataset.from_list([row])) for row in rows]
+    assert scores[0]["exact"] == 1 and scores[0]["token_accuracy"] == 1.0
+    assert scores[1]["exact"] == 0 and scores[1]["token_accuracy"] < 1.0
+    assert scores[1]["test_loss"] > scores[0]["test_loss"]
+
+
+@pytest.mark.slow
+def test_tiny_real_sweep_writes_a_well_formed_results_file(base_model_dir, tmp_path, capsys):
+    out = tmp_path / "tiny.json"
+    argv = ["bench", "sweep", "--output", str(out), "--groups", "rank", "--ranks", "2", "--steps", "2",
+            "--batch-size", "2", "--eval-examples", "3", "--threads", "1"]
+    assert main(argv) == 0
+    doc = sweep.load_results(out)
+    assert doc["complete"] is True and doc["format"] == sweep.FORMAT
+    assert doc["command"].startswith("lora101 bench sweep --output ") and "--steps 2" in doc["command"]
+    assert doc["machine"]["cpu_cores"] >= 1 and doc["machine"]["cpu"]
+    assert doc["versions"]["torch"] and doc["versions"]["peft"]
+    assert doc["settings"]["steps"] == 2 and doc["settings"]["eval_examples"] == 3
+    [run] = doc["runs"]
+    assert run["rank"] == 2 and run["alpha"] == 4 and run["groups"] == ["rank"]
+    res = run["result"]
+    assert res["train"]["steps"] == 2 and len(res["train"]["losses"]) == 2 and res["train"]["tokens_per_s"] > 0
+    assert res["parameters"]["trainable"] == sweep.adapter_parameters(2, ALL_LINEAR)
+    assert res["eval"]["n"] == 3 and 0 <= res["eval"]["token_accuracy"] <= 1 and res["eval"]["test_loss"] > 0
+    assert res["peak_memory_bytes"] > res["rss_before_model_bytes"] > 0 and res["threads"] == 1
+    assert not (tmp_path / "tiny.json.partial").exists()
+    printed = capsys.readouterr().out
+    assert "LoRA r=2" in printed and f"written {out}" in printed
+    before = out.read_text()
+    assert main(argv) == 2  # a second run refuses to replace the results
+    assert out.read_text() == before
