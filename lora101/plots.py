@@ -266,22 +266,24 @@ def plot_training_losses(runs, title: str = "", ax=None):
 
 
 def plot_method_comparison(runs, title: str = ""):
-    """Three panels per run (full FT, LoRA, QLoRA...): peak memory (MiB), training tokens/s, held-out exact match."""
+    """One bar per run (full FT, LoRA, QLoRA...) in four panels: peak memory (MiB), training tokens/s, held-out
+    test loss and exact match."""
     import matplotlib.pyplot as plt
 
     runs = [r for r in runs if r["result"].get("train")]
     names = [r["name"] for r in runs]
     panels = [
-        ("peak memory (MiB)", [r["result"]["peak_memory_bytes"] / 2**20 for r in runs], "{:.0f}"),
-        ("training tokens/s", [r["result"]["train"]["tokens_per_s"] for r in runs], "{:.0f}"),
-        ("held-out exact match", [_exact(r) for r in runs], "{:.0%}"),
+        ("peak memory (MiB)", [r["result"]["peak_memory_bytes"] / 2**20 for r in runs], "{:.0f}", None),
+        ("training tokens/s", [r["result"]["train"]["tokens_per_s"] for r in runs], "{:.0f}", None),
+        ("held-out test loss", [r["result"]["eval"]["test_loss"] for r in runs], "{:.3f}", None),
+        ("held-out exact match", [_exact(r) for r in runs], "{:.0%}", 1.0),
     ]
-    fig, axes = plt.subplots(1, 3, figsize=(10, 0.45 * len(runs) + 1.4), dpi=80, sharey=True)
-    for ax, (label, values, fmt) in zip(axes, panels, strict=True):
+    fig, axes = plt.subplots(1, len(panels), figsize=(12, 0.45 * len(runs) + 1.4), dpi=80, sharey=True)
+    for ax, (label, values, fmt, top) in zip(axes, panels, strict=True):
         ax.barh(range(len(runs)), values, color=[f"C{i}" for i in range(len(runs))])
         for i, v in enumerate(values):
             ax.text(v, i, " " + fmt.format(v), va="center", fontsize=8)
-        ax.set_xlim(0, max(values + [1e-9]) * 1.3)
+        ax.set_xlim(0, (top or max(values + [1e-9])) * 1.35)
         ax.set_title(label, fontsize=10)
     axes[0].set_yticks(range(len(runs)), names)
     axes[0].invert_yaxis()

@@ -82,3 +82,19 @@ def test_explain_lists_every_step_and_the_route():
 def test_bad_situations_are_refused(kwargs, message):
     with pytest.raises((ValueError, TypeError), match=message):
         Situation(**kwargs)
+
+
+def test_widget_has_a_control_for_every_question(capsys):
+    from dataclasses import fields
+
+    from lora101.widgets import decision_explorer
+
+    widget = decision_explorer()
+    names = {c._kwarg for c in widget.kwargs_widgets}
+    assert names == {f.name for f in fields(Situation)} - {"n_params"} | {"n_params_b"}
+    controls = {c._kwarg: c for c in widget.kwargs_widgets}
+    assert capsys.readouterr().out.endswith(f"-> qlora: {ROUTES['qlora']}\n")  # 7B on 12 GB, drawn at creation
+    controls["gpu_memory_gb"].value = 80  # the bf16 base fits
+    assert capsys.readouterr().out.endswith(f"-> lora: {ROUTES['lora']}\n")
+    controls["base_is_strong"].value = False
+    assert capsys.readouterr().out.endswith(f"-> better_base: {ROUTES['better_base']}\n")

@@ -156,6 +156,14 @@ def test_tiny_real_sweep_writes_a_well_formed_results_file(base_model_dir, tmp_p
     assert not (tmp_path / "tiny.json.partial").exists()
     printed = capsys.readouterr().out
     assert "LoRA r=2" in printed and f"written {out}" in printed
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from lora101 import plots
+
+    for draw in (plots.plot_rank_sweep, plots.plot_sweep_bars, plots.plot_training_losses, plots.plot_method_comparison):
+        fig = draw(doc["runs"], title=draw.__name__)
+        assert fig.axes and fig.axes[0].has_data(), draw.__name__
     before = out.read_text()
     assert main(argv) == 2  # a second run refuses to replace the results
     assert out.read_text() == before
