@@ -70,7 +70,10 @@ _COMPANY_WORD = {
              "Saffron Wharf", "Copperbeech", "Wrenfield Moor", "Halcyon Forge", "Juniper Spire"],
 }
 _COMPANY_SUFFIX = {
-    "train": ["Ltd", "LLC", "Inc.", "GmbH", "Partners", "Holdings", "Group"],
+    # Both splits mix suffixes with inner full stops and lower-case letters: a model that only ever saw
+    # "Inc." learns that a full stop ends a name and cuts the unseen "S.A." to "S." (measured).
+    "train": ["Ltd", "LLC", "Inc.", "GmbH", "Partners", "Holdings", "Group", "S.p.A.", "N.V.", "Pty. Ltd.",
+              "e.V.", "& Co.", "Oy", "s.r.o.", "ehf."],
     "test": ["S.A.", "plc", "AG", "Cooperative", "B.V."],
 }
 
