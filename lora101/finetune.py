@@ -182,17 +182,24 @@ def live_loss_plot(total_steps: int):
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not logs or "loss" not in logs:
                 return
+            import io
+
             import matplotlib.pyplot as plt
-            from IPython.display import display
+            from IPython.display import Image, display
 
             self.steps.append(state.global_step)
             self.losses.append(float(logs["loss"]))
             fig = loss_curve(self.steps, self.losses, total_steps=total_steps)
-            if self.handle is None:
-                self.handle = display(fig, display_id=True)
-            else:
-                self.handle.update(fig)
+            # One PNG, updated in place: the same output whatever matplotlib backend the kernel runs
+            # (a figure object would also be drawn a second time by the inline backend).
+            buffer = io.BytesIO()
+            fig.savefig(buffer, format="png", dpi=80)
             plt.close(fig)
+            image = Image(buffer.getvalue())
+            if self.handle is None:
+                self.handle = display(image, display_id=True)
+            else:
+                self.handle.update(image)
 
     return LiveLossPlot()
 
