@@ -85,7 +85,11 @@ class Settings:
 
 @dataclass(frozen=True)
 class Run:
-    """One training run: the method and the knobs that differ from the reference adapter."""
+    """One training run: the method and the knobs that differ from the reference adapter.
+
+    ``rank``, ``alpha`` and ``targets`` describe the adapter: runs with no adapter ("none", "full") keep
+    the defaults in results files, and ignore them (see :attr:`key`).
+    """
 
     name: str
     method: str = "lora"  # "none" (the base, untrained), "lora", "qlora" (4-bit NF4 base) or "full"
