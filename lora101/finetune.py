@@ -413,7 +413,19 @@ def folder_bytes(folder: str | os.PathLike) -> int:
 
 
 def peak_rss_bytes() -> int:
-    """This process's peak resident memory so far (ru_maxrss), in bytes; 0 where unavailable."""
+    """This process's peak resident memory so far, in bytes; 0 where unavailable.
+
+    On Linux it is VmHWM, the high-water mark of this process's own memory. ru_maxrss is not: it also
+    keeps the peak of the process it was forked from (the kernel carries it across exec), so a worker
+    started by a large notebook kernel or test runner would report its parent's memory as its own.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # reported in kB
+    except OSError:  # not Linux
+        pass
     try:
         import resource
     except ImportError:  # Windows
