@@ -1,7 +1,7 @@
 """QLoRA vs LoRA vs a plain transformers + PEFT script: tokens/s and peak memory of the same training job.
 
 Each variant runs in a fresh Python process, so that its peak memory is its own: on CUDA
-``torch.cuda.max_memory_allocated``, on the CPU the process's peak resident set (ru_maxrss, which
+``torch.cuda.max_memory_allocated``, on the CPU the process's peak resident set (VmHWM on Linux, which
 also counts Python, torch and the libraries: the same fixed cost in every row).
 
 * ``qlora``    - lora101.finetune with the base in 4-bit NF4 (+ double quantisation);
