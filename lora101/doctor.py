@@ -60,6 +60,17 @@ def _version_tuple(text: str) -> tuple[int, ...]:
     return Version(text).release
 
 
+def installed_versions() -> dict[str, str]:
+    """Python and the libraries a training run depends on, as recorded in reports and results files."""
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets", "lora101"):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
 def check_python() -> Check:
     # pip refuses to install lora101 on Python < 3.10, so reaching this line means it is new enough.
     return Check("python", "ok", f"{platform.python_version()} ({sys.executable})")

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import random
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from lora101.doctor import installed_versions
 from lora101.models import DEFAULT_MODEL
 
 REPORT = "report.json"
@@ -174,18 +174,6 @@ def load_splits(args) -> tuple[list[dict], list[dict]]:
 # The job
 
 
-def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for pkg in ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets", "lora101"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
-
-
 def run(args) -> int:
     """Run the job; returns 0 on success, 2 on bad input (message on stderr)."""
     try:
@@ -258,7 +246,7 @@ def _run(args) -> int:
         "peak_memory_kind": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "process peak RSS",
         "device": str(device),
         "config": config.to_dict(),
-        "versions": _versions(),
+        "versions": installed_versions(),
         "torch_threads": torch.get_num_threads(),
     }
     (out / REPORT).write_text(json.dumps(report, indent=2))

@@ -419,15 +419,9 @@ def machine_info() -> dict[str, Any]:
 
 def versions() -> dict[str, str]:
     """Python and the libraries a run depends on."""
-    import importlib.metadata as md
+    from lora101.doctor import installed_versions
 
-    out = {"python": platform.python_version()}
-    for pkg in ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets", "lora101"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
+    return installed_versions()
 
 
 def check_output_path(path: str | os.PathLike, force: bool = False) -> Path:
