@@ -171,7 +171,7 @@ def live_loss_plot(total_steps: int):
     """A ``TrainerCallback`` that redraws the loss curve in a notebook each time the Trainer logs."""
     from transformers import TrainerCallback
 
-    from lora101.plots import loss_curve
+    from lora101.plots import figure_image, loss_curve
 
     class LiveLossPlot(TrainerCallback):
         def __init__(self) -> None:
@@ -182,20 +182,12 @@ def live_loss_plot(total_steps: int):
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not logs or "loss" not in logs:
                 return
-            import io
-
-            import matplotlib.pyplot as plt
-            from IPython.display import Image, display
+            from IPython.display import display
 
             self.steps.append(state.global_step)
             self.losses.append(float(logs["loss"]))
-            fig = loss_curve(self.steps, self.losses, total_steps=total_steps)
-            # One PNG, updated in place: the same output whatever matplotlib backend the kernel runs
-            # (a figure object would also be drawn a second time by the inline backend).
-            buffer = io.BytesIO()
-            fig.savefig(buffer, format="png", dpi=80)
-            plt.close(fig)
-            image = Image(buffer.getvalue())
+            # One PNG, updated in place: the same output whatever matplotlib backend the kernel runs.
+            image = figure_image(loss_curve(self.steps, self.losses, total_steps=total_steps))
             if self.handle is None:
                 self.handle = display(image, display_id=True)
             else:

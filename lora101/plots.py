@@ -173,18 +173,25 @@ def plot_code_usage(counts: dict, title: str = "", ax=None):
     return fig
 
 
-def display_figure(fig, dpi: int = 80) -> None:
-    """Show ``fig`` as a PNG and close it, whatever matplotlib backend the kernel runs (inline or Agg), so a
-    notebook cell shows exactly one image either way."""
+def figure_image(fig, dpi: int = 80):
+    """``fig`` as an IPython PNG ``Image``, and ``fig`` closed: the same output whatever matplotlib backend
+    the kernel runs (inline or Agg), and never drawn a second time by the inline backend."""
     import io
 
     import matplotlib.pyplot as plt
-    from IPython.display import Image, display
+    from IPython.display import Image
 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)
     plt.close(fig)
-    display(Image(buffer.getvalue()))
+    return Image(buffer.getvalue())
+
+
+def display_figure(fig, dpi: int = 80) -> None:
+    """Show ``fig`` as one PNG and close it (see :func:`figure_image`)."""
+    from IPython.display import display
+
+    display(figure_image(fig, dpi))
 
 
 # ---- lesson 6: tradeoffs, measured (runs are entries of a lora101.sweep results file) -------------
