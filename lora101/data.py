@@ -42,11 +42,26 @@ SPLITS: tuple[str, ...] = ("train", "test")
 # ------------------------------------------------------------------------------------------------
 # Entities: disjoint word lists for the two splits (a test name never appears in training).
 
+# The training lists are long on purpose: with a few dozen names a model learns those names, and
+# on an unseen one it writes a training name or a near copy ("Gazia" for "Grazia", measured); with
+# hundreds from many languages it has to learn to copy whatever name the sentence holds.
 _FIRST = {
     "train": [
         "Maya", "Liam", "Sofia", "Noah", "Elena", "Lucas", "Amira", "Jonas", "Chloe", "Mateo",
         "Ines", "Oskar", "Priya", "Diego", "Hanna", "Tariq", "Lena", "Ruben", "Aisha", "Felix",
         "Nora", "Marco", "Yara", "Emil", "Zoe", "Victor", "Leila", "Hugo", "Maren", "Kofi",
+        "Adaeze", "Agnieszka", "Aleksander", "Alejandro", "Anastasia", "Annika", "Arjun", "Astrid",
+        "Aurelio", "Babajide", "Bogdan", "Caoimhe", "Catalina", "Chidi", "Cornelius", "Dagny",
+        "Desmond", "Dorota", "Eero", "Efua", "Eleonora", "Evangeline", "Fatima", "Florentyna",
+        "Friedrich", "Gaspard", "Genevieve", "Gunnhild", "Hamish", "Hiroko", "Ignatius", "Isolde",
+        "Jadwiga", "Jaroslav", "Kazimierz", "Keziah", "Kwabena", "Leopold", "Ludmila", "Magnus",
+        "Makoto", "Marisol", "Maximilian", "Nadezhda", "Niamh", "Nkechi", "Octavia", "Oluwaseun",
+        "Pieter", "Radoslaw", "Rosalind", "Seamus", "Siobhan", "Svetlana", "Thaddeus", "Theodora",
+        "Ulrich", "Valentina", "Wojciech", "Xiomara", "Yevgeny", "Yusuf", "Zbigniew", "Zuzanna",
+        "Aurelia", "Benedikt", "Casimir", "Dagmar", "Eamon", "Fionnuala", "Gwendolyn", "Horatio",
+        "Imogen", "Jacinta", "Kjersti", "Lucinda", "Nikolai", "Ophelia", "Perpetua", "Quentin",
+        "Roisin", "Sigrid", "Tobias", "Ulrika", "Vasilisa", "Yolanda", "Zenobia", "Mei", "Ravi",
+        "Sun-hee", "Jean-Luc", "Anne-Marie", "Chiamaka", "Dafydd", "Esperanza", "Guillermo", "Hyacinth",
     ],
     "test": ["Beatrix", "Dmitri", "Olufemi", "Saoirse", "Takeshi", "Grazia", "Anselm", "Wilhelmina",
              "Rashid", "Ottilie", "Bartholomew", "Ingrid"],
@@ -56,6 +71,20 @@ _LAST = {
         "Okafor", "Lindqvist", "Moreau", "Tanaka", "Novak", "Silva", "Brennan", "Keller", "Haddad",
         "Rossi", "Kowalski", "Nguyen", "Fischer", "Alvarez", "Petrov", "Mensah", "Larsen", "Duarte",
         "Schmidt", "Kaur", "OConnell", "Varga", "Costa", "Weber", "Adeyemi", "Holm", "Marin", "Berg",
+        "Abramowicz", "Achterberg", "Agyemang", "Albrechtsen", "Andriessen", "Arkwright", "Ashworth",
+        "Bjornstad", "Blackwood", "Bondarenko", "Brzezinski", "Chakraborty", "Christodoulou",
+        "Cunningham", "Dabrowski", "Delacroix", "Dimitriou", "Ekwueme", "Esposito", "Fairweather",
+        "Fitzgerald", "Gallagher", "Garcia-Molina", "Gonzaga", "Grabowski", "Hakobyan", "Hallworth",
+        "Hashimoto", "Hernandez-Ruiz", "Hollingsworth", "Jankowski", "Jovanovic", "Kaczmarek",
+        "Karlsson", "Kobayashi", "Kuznetsova", "Lachapelle", "Lindgren", "Lopez-Vidal", "MacPherson",
+        "Makarova", "Mwangi", "Nakamura", "Nwachukwu", "Obradovic", "Oduya", "Pacheco", "Papadopoulos",
+        "Przybylski", "Quartermaine", "Radcliffe", "Rasmussen", "Rutherford", "Sakamoto",
+        "Salazar-Ortiz", "Schwarzenbach", "Sokolowski", "Stavropoulos", "Sutherland", "Takahashi",
+        "Trzcinski", "Uchenna", "Underwood", "Valdivia", "Vasquez", "Wainwright", "Wasilewski",
+        "Whittaker", "Wojcik", "Yamamoto", "Yilmaz", "Zielinski", "Zimmermann", "Ambrose-Clarke",
+        "Delgado", "Eriksen", "Fontaine", "Gustafsson", "Halvorsen", "Iyer", "Jablonski",
+        "Krishnamurthy", "Lowenstein", "Mortensen", "Nieminen", "Ostrowski", "Pellegrini", "Quintero",
+        "Rosenthal", "Tremblay", "Ulyanov", "Wexford", "Xu", "Yoshida", "Zamora", "Van der Berg",
     ],
     "test": ["Vanterpool", "Quisenberry", "Abernathy", "Szczepanski", "Montgomery", "Ferreira-Lunde",
              "Castellanos", "Oyelaran", "Whitcombe", "Dragomir", "Iwasaki", "Thorvaldsen"],
@@ -65,6 +94,13 @@ _COMPANY_WORD = {
         "Harbor Lane", "Bluepeak", "Northwind", "Silverline", "Redwood", "Cobalt", "Summit Ridge",
         "Brightwater", "Ironbridge", "Maple Court", "Greenfield", "Stonegate", "Oakmont", "Westbury",
         "Clearview", "Falcon", "Riverside", "Granite", "Sunrise", "Pinecrest", "Lakeshore", "Orchid",
+        "Amberly", "Ashgrove", "Beacon Hill", "Birchwood", "Blackthorn", "Cedar Point", "Cloudberry",
+        "Crescent Bay", "Driftwood", "Eastgate", "Elmstead", "Fernhill", "Foxglove", "Frostline",
+        "Goldcrest", "Hawthorn", "Heron Bay", "Hollybrook", "Kestrel", "Kingsbridge", "Larkspur",
+        "Lighthouse", "Meadowlark", "Millbrook", "Moonstone", "Nettlefield", "Northgate", "Oldcastle",
+        "Pebblestone", "Quarry Hill", "Ravenscroft", "Rosemoor", "Sandpiper", "Seabright",
+        "Shadowbrook", "Starling", "Tidewater", "Timberline", "Violet Ridge", "Waterford",
+        "Whistlewood", "Willowmere", "Windmill Lane", "Yarrow", "Zenith", "Blue Heron", "Red Kite",
     ],
     "test": ["Quillfeather", "Zephyrine", "Obsidian Vale", "Marigold Kettle", "Thistledown",
              "Saffron Wharf", "Copperbeech", "Wrenfield Moor", "Halcyon Forge", "Juniper Spire"],
@@ -73,7 +109,9 @@ _COMPANY_SUFFIX = {
     # Both splits mix suffixes with inner full stops and lower-case letters: a model that only ever saw
     # "Inc." learns that a full stop ends a name and cuts the unseen "S.A." to "S." (measured).
     "train": ["Ltd", "LLC", "Inc.", "GmbH", "Partners", "Holdings", "Group", "S.p.A.", "N.V.", "Pty. Ltd.",
-              "e.V.", "& Co.", "Oy", "s.r.o.", "ehf."],
+              "e.V.", "& Co.", "Oy", "s.r.o.", "ehf.", "KG", "Corp.", "Associates", "Trust", "Ventures",
+              "S.r.l.", "A/S", "AB", "Ltda.", "K.K.", "Sp. z o.o.", "Limited", "SE", "LLP", "Sdn. Bhd.",
+              "kft.", "a.s.", "GbR", "S.L.", "Mutual", "Foundation", "Syndicate", "ltd", "oyj"],
     "test": ["S.A.", "plc", "AG", "Cooperative", "B.V."],
 }
 
@@ -141,6 +179,34 @@ _TEMPLATES = {
         "the {payer_role} owes {money}{per} over {term}.",
         "Effective {date}, the parties {payer} ({payer_role}) and {payee} ({payee_role}) agree to a {noun} "
         "of {term} at {money}{per}.",
+        # The same constructions with the parties the other way round, and phrasings that name the
+        # roles apart from the names: whoever pays must be read from the roles, not from the order.
+        'This {noun} is made on {date} between {payer} (the "{payer_role}") and {payee} (the "{payee_role}"); '
+        "the {payer_role} shall pay {money}{per} for {term}.",
+        "{payer} ({payer_role}) and {payee} ({payee_role}) sign a {noun} on {date}: {money}{per}, {term}.",
+        "{payee_role}: {payee}. {payer_role}: {payer}. {noun} of {date}, {term}, at {money}{per}.",
+        "The {payee_role} under this {noun} is {payee}; the {payer_role} is {payer}. Signed {date}. "
+        "Payment: {money}{per} for {term}.",
+        "{date} - {noun} - {payer} (as {payer_role}) pays {payee} (as {payee_role}) {money}{per}; "
+        "duration {term}.",
+        "Between {payer}, the {payer_role}, and {payee}, the {payee_role}: a {noun} dated {date} at "
+        "{money}{per} for a period of {term}.",
+        "{payee} agrees to {verb} {payer} from {date} for {term}. Price: {money}{per}, paid by the "
+        "{payer_role} to the {payee_role}.",
+        "Memorandum of {noun}, {date}. The {payer_role}: {payer}. The {payee_role}: {payee}. "
+        "Sum: {money}{per}. Length: {term}.",
+        "{payer} shall pay {money}{per} to {payee} for {term} under the {noun} of {date}, {payer} being "
+        "the {payer_role} and {payee} the {payee_role}.",
+        "The {payee_role}, {payee}, and the {payer_role}, {payer}, entered into a {noun} on {date} for "
+        "{term}; the fee is {money}{per}.",
+        "Re: {noun} ({date}). {payer} [{payer_role}] to pay {payee} [{payee_role}] {money}{per} over {term}.",
+        "A term of {term} from {date} applies to this {noun}, under which {payer}, the {payer_role}, pays "
+        "{payee}, the {payee_role}, {money}{per}.",
+        "{payee} (in the role of {payee_role}) and {payer} (in the role of {payer_role}) have signed a {noun} "
+        "on {date} for {term} at {money}{per}.",
+        "{term} of {noun} from {date}: {payer}, {payer_role}, owes {payee}, {payee_role}, {money}{per}.",
+        "{payer} retains {payee} on {date}: {payee} will {verb} {payer} for {term} in exchange for "
+        "{money}{per} ({noun}; {payer_role}: {payer}; {payee_role}: {payee}).",
     ],
     "test": [
         "By this {noun}, entered into on {date}, {payer} (hereinafter the \"{payer_role}\") undertakes to pay "

@@ -9,7 +9,8 @@ The recipe (Dettmers et al., 2023) in the order the lesson builds it:
 2. :func:`add_lora` - PEFT ``LoraConfig`` adapters on the target modules (``"all-linear"`` by default).
 3. :func:`train` - the transformers ``Trainer`` with a tqdm progress bar, checkpoints every
    ``save_steps``, a paged 8-bit AdamW and gradient checkpointing on CUDA (plain AdamW on the CPU,
-   where neither exists or helps), resumable from the last checkpoint.
+   where neither exists or helps), resumable from the last checkpoint; vocabulary logits computed
+   only at the positions the loss reads (:func:`training_collator`, :func:`answer_loss`).
 4. :func:`save_adapter` / :func:`load_adapter` - PEFT's format; :func:`merge_adapter` folds the adapter
    into a de-quantised copy of the base.
 
@@ -44,9 +45,9 @@ class FinetuneConfig:
     alpha: int = 32
     dropout: float = 0.0
     targets: str | list[str] = "all-linear"
-    steps: int = 120
+    steps: int = 100
     batch_size: int = 8
-    lr: float = 4e-4
+    lr: float = 1e-3
     warmup_steps: int = 10
     seed: int = 0
     save_steps: int = 40
@@ -253,6 +254,56 @@ def collator(tokenizer):
     return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
 
 
+def next_token_labels(labels: torch.Tensor) -> torch.Tensor:
+    """The label each position's logits are scored against: ``labels`` moved one to the left, -100 last.
+
+    (batch, seq) -> (batch, seq). The logits at position t predict token t + 1, so a position whose
+    next-token label is -100 (the prompt, the padding, the last token) is never scored.
+    """
+    return torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)
+
+
+def training_collator(tokenizer):
+    """:func:`collator`, plus a ``logits_to_keep`` mask of the positions that predict an answer token.
+
+    The model's output layer turns every position into 49,152 vocabulary logits, but the loss reads only
+    the positions that predict an answer token (the prompt is masked out): about half of them. Given the
+    (batch, seq) boolean mask as ``logits_to_keep``, a transformers causal LM projects only those
+    positions, so their logits come out flattened to (n_kept, vocab) and :func:`answer_loss` scores them.
+    The loss is the same; a CPU training step of the lesson's job is about a fifth faster (measured).
+    """
+    pad = collator(tokenizer)
+
+    def collate(features):
+        batch = pad(features)
+        batch["logits_to_keep"] = next_token_labels(batch["labels"]) != -100
+        return batch
+
+    return collate
+
+
+def answer_loss(outputs, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
+    """Cross-entropy of the answer tokens from logits kept by :func:`training_collator` (the Trainer's
+    ``compute_loss_func``): ``outputs.logits`` is (n_kept, vocab), in the order of the mask's True entries.
+
+    Divided by ``num_items_in_batch`` (the answer tokens of the whole optimizer step) when the Trainer
+    gives it, as transformers' own causal-LM loss does, else averaged over this batch's answer tokens.
+    """
+    targets = next_token_labels(labels)
+    targets = targets[targets != -100]
+    logits = outputs.logits.float()
+    if logits.shape[0] != targets.shape[0]:
+        raise ValueError(
+            f"{logits.shape[0]} logits kept for {targets.shape[0]} answer tokens: pass the batch's "
+            "logits_to_keep mask (lora101.finetune.training_collator) to the model"
+        )
+    loss = torch.nn.functional.cross_entropy(logits, targets.to(logits.device), reduction="sum")
+    count = num_items_in_batch if num_items_in_batch is not None else targets.numel()
+    if torch.is_tensor(count):
+        count = count.to(loss.device)
+    return loss / count
+
+
 def train(
     model,
     tokenizer,
@@ -267,8 +318,9 @@ def train(
     """Train ``model`` (a PEFT model) on ``train_dataset`` (columns ``input_ids``, ``attention_mask``,
     ``labels``) for ``config.steps`` optimizer steps of ``config.batch_size`` examples.
 
-    Checkpoints go to ``output_dir/checkpoint-N`` every ``config.save_steps``; ``resume=True`` continues
-    from the newest one there (the optimizer, scheduler, RNG and data order included).
+    The loss is the cross-entropy of the answer tokens, with logits computed only where it reads them
+    (:func:`training_collator`). Checkpoints go to ``output_dir/checkpoint-N`` every ``config.save_steps``;
+    ``resume=True`` continues from the newest one there (the optimizer, scheduler, RNG and data order included).
     Tokens per second counts the real (non-padding) tokens of the batches trained in this call.
     """
     from transformers import Trainer, set_seed
@@ -283,7 +335,8 @@ def train(
         model=model,
         args=training_arguments(config, output_dir, progress=progress),
         train_dataset=train_dataset,
-        data_collator=collator(tokenizer),
+        data_collator=training_collator(tokenizer),
+        compute_loss_func=answer_loss,
         callbacks=[recorder, *callbacks],
     )
     model.train()

@@ -109,3 +109,34 @@ def test_config_rejects_bad_values():
         ft.FinetuneConfig(rank=0)
     with pytest.raises(ValueError, match="lr"):
         ft.FinetuneConfig(lr=0)
+
+
+def test_answer_only_logits_give_the_same_loss_and_gradients(trained):
+    """train() projects only the positions that predict answer tokens; loss and gradients must not change."""
+    model, tokenizer = trained["model"], trained["tokenizer"]
+    rows = [_dataset(tokenizer)[i] for i in range(4)]
+    full, kept = ft.collator(tokenizer)(rows), ft.training_collator(tokenizer)(rows)
+    n_answer = int((kept["labels"] != -100).sum())
+    assert int(kept["logits_to_keep"].sum()) == n_answer < kept["labels"].numel() // 2  # the prompt is most of it
+
+    def loss_and_grads(loss_fn):
+        model.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        return float(loss), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    model.train()
+    want, want_grads = loss_and_grads(lambda: model(**full).loss)
+    labels = kept.pop("labels")
+    outputs = model(**kept)
+    assert outputs.logits.shape == (n_answer, model.config.vocab_size)
+    got, got_grads = loss_and_grads(lambda: ft.answer_loss(model(**kept), labels))
+    model.zero_grad()
+    model.eval()
+    assert got == pytest.approx(want, rel=1e-5)
+    # the Trainer divides by the answer tokens of the whole accumulated step when it passes their count
+    assert float(ft.answer_loss(outputs, labels, num_items_in_batch=2 * n_answer)) == pytest.approx(want / 2, rel=1e-5)
+    for name, grad in want_grads.items():
+        torch.testing.assert_close(got_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    with pytest.raises(ValueError, match="logits_to_keep"):
+        ft.answer_loss(model(**full), full["labels"])
