@@ -76,6 +76,7 @@ def _worker(spec: dict) -> dict:
             TrainingArguments,
         )
 
+        from lora101.finetune import FinetuneConfig
         from lora101.models import compute_dtype_for, resolve_model
 
         cuda = device.type == "cuda"
@@ -87,7 +88,7 @@ def _worker(spec: dict) -> dict:
         model = get_peft_model(model, LoraConfig(r=spec["rank"], lora_alpha=spec["alpha"], lora_dropout=0.0,
                                                  target_modules="all-linear", task_type="CAUSAL_LM"))
         args = TrainingArguments(output_dir=spec["tmp"], per_device_train_batch_size=bs, max_steps=steps,
-                                 learning_rate=4e-4, lr_scheduler_type="cosine", warmup_steps=1, report_to=[],
+                                 learning_rate=FinetuneConfig().lr, lr_scheduler_type="cosine", warmup_steps=1, report_to=[],
                                  save_strategy="no", optim="paged_adamw_8bit" if cuda else "adamw_torch",
                                  gradient_checkpointing=cuda, bf16=cuda and torch.cuda.is_bf16_supported(),
                                  use_cpu=not cuda, disable_tqdm=True, seed=0)
