@@ -36,6 +36,15 @@ def test_training_set_is_varied():
     assert any("year" in r["sentence"] for r in rows) and any(" months" in r["sentence"] for r in rows)
 
 
+def test_the_order_of_the_parties_does_not_give_the_answer_away():
+    # If the payer were (nearly) always named first, a model could learn the order instead of the roles.
+    for split, n in (("train", 1200), ("test", 200)):
+        rows = data.make_examples(n, split)
+        payer_first = [r["sentence"].index(r["record"]["payer"]) < r["sentence"].index(r["record"]["payee"])
+                       for r in rows]
+        assert 0.35 < sum(payer_first) / n < 0.65, (split, sum(payer_first) / n)
+
+
 def test_splits_share_no_template_and_no_entity():
     assert not set(data.templates("train")) & set(data.templates("test"))
     assert not data.entity_words("train") & data.entity_words("test")
