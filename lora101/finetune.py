@@ -270,7 +270,8 @@ def training_collator(tokenizer):
     the positions that predict an answer token (the prompt is masked out): about half of them. Given the
     (batch, seq) boolean mask as ``logits_to_keep``, a transformers causal LM projects only those
     positions, so their logits come out flattened to (n_kept, vocab) and :func:`answer_loss` scores them.
-    The loss is the same; a CPU training step of the lesson's job is about a fifth faster (measured).
+    The loss is the same, and a CPU training step takes about a fifth less time (`lora101 bench finetune`
+    compares it with a plain script that projects every position).
     """
     pad = collator(tokenizer)
 
