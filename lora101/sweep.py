@@ -275,7 +275,7 @@ def teacher_forced_scores(model, tokenizer, dataset, batch_size: int = 8) -> dic
     ``input_ids``, ``attention_mask``, ``labels`` with the prompt masked as -100); see the module docstring."""
     import torch
 
-    from lora101.finetune import collator
+    from lora101.finetune import collator, next_token_labels
 
     rows = dataset.select_columns(["input_ids", "attention_mask", "labels"])
     device = next(model.parameters()).device
@@ -289,7 +289,7 @@ def teacher_forced_scores(model, tokenizer, dataset, batch_size: int = 8) -> dic
             batch = collate([rows[i] for i in range(start, min(start + batch_size, len(rows)))])
             batch = {k: v.to(device) for k, v in batch.items()}
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
-            logits, target = logits[:, :-1], batch["labels"][:, 1:]  # position t predicts token t+1
+            target = next_token_labels(batch["labels"])  # position t predicts token t+1
             mask = target != -100
             loss_sum += float(torch.nn.functional.cross_entropy(logits[mask], target[mask], reduction="sum"))
             right = (logits.argmax(-1) == target) & mask

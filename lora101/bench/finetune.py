@@ -88,8 +88,8 @@ def _worker(spec: dict) -> dict:
         model = get_peft_model(model, LoraConfig(r=spec["rank"], lora_alpha=spec["alpha"], lora_dropout=0.0,
                                                  target_modules="all-linear", task_type="CAUSAL_LM"))
         args = TrainingArguments(output_dir=spec["tmp"], per_device_train_batch_size=bs, max_steps=steps,
-                                 learning_rate=FinetuneConfig().lr, lr_scheduler_type="cosine", warmup_steps=1, report_to=[],
-                                 save_strategy="no", optim="paged_adamw_8bit" if cuda else "adamw_torch",
+                                 learning_rate=FinetuneConfig().lr, lr_scheduler_type="cosine", warmup_steps=1,
+                                 report_to=[], save_strategy="no", optim="paged_adamw_8bit" if cuda else "adamw_torch",
                                  gradient_checkpointing=cuda, bf16=cuda and torch.cuda.is_bf16_supported(),
                                  use_cpu=not cuda, disable_tqdm=True, seed=0)
         trainer = Trainer(model=model, args=args, train_dataset=ds,
