@@ -1,7 +1,8 @@
-"""The seeds' decision path as a function: prompting, LoRA, QLoRA, full fine-tuning, or something else first.
+"""A decision path as a function: prompting, LoRA, QLoRA, full fine-tuning, or something else first.
 
-The path, in the order it asks (seed 000's "practical decision path", seed 002's "resource constraint
--> solution choice", seed 001's "when not to use LoRA/QLoRA"), with lesson 6's measurements beside it:
+The path gathers common practical advice (the LoRA paper, Hu et al. 2021; the QLoRA paper, Dettmers et
+al. 2023; Thinking Machines' "LoRA Without Regret", Schulman et al. 2025) into questions asked in order,
+with lesson 6's measurements beside them:
 
 1. Is prompting good enough? Then stop: no training at all.
 2. Is the task boundary clear? If not, clarify it before fine-tuning anything.
@@ -9,27 +10,27 @@ The path, in the order it asks (seed 000's "practical decision path", seed 002's
    (lesson 6: LoRA on a freshly initialised SmolLM2 learnt nothing the pretrained one did).
 4. Does the task need a large body of new knowledge? Then retrieval, not an adapter.
 5. Is the data good? If not, fix the data first (lesson 6: wrong answers in the training set).
-6. Memory, in decimal GB, with the exercise's rules: full fine-tuning needs 16 bytes a parameter
-   (bf16 weights and gradients, fp32 master weights and Adam moments); LoRA the bf16 base (2 bytes a
-   parameter) and QLoRA the NF4 base (``lora101.memory.NF4_BITS`` bits a parameter), each times 1.2
-   for adapters and activations. Full fine-tuning when the task wants every weight to change, or
-   when the model is small (seed 001: under 1B parameters) and only one variant is needed; else LoRA
-   if the bf16 base fits, QLoRA if only the 4-bit base fits, and a smaller model if neither does.
+6. Memory, predicted by lesson 1's predictor, :func:`lora101.memory.estimate_memory`, with the settings
+   of lesson 1's model-size table (:data:`TRAINING`: bf16 storage, AdamW, fp32 master weights for full
+   fine-tuning, LoRA r=16 on all linear layers) and the situation's batch size, sequence length and
+   gradient checkpointing. Full fine-tuning when the task wants every weight to change, or when the
+   model is small (a common rule of thumb: under 1B parameters) and only one variant is needed; else
+   LoRA if the 16-bit base fits, QLoRA if only the 4-bit base fits, and a smaller model if neither does.
 
-Steps 1, 2 and 6 give exactly ``lora101.checks.reference_route`` (exercise 5) for every situation that
-exercise can describe; steps 3 to 5 and the small-model rule are the seeds' "when LoRA is not enough".
+The predictor does not count the CUDA context and the allocator's slack (0.5-1 GB on a GPU), so a fit
+with less than :data:`TIGHT_GB` to spare is reported as tight.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from lora101.memory import NF4_BITS
+from lora101.memory import GB, PRESETS, MemoryBudget, estimate_memory
 
-FULL_BYTES = 2 + 2 + 8 + 4  # bf16 weight + bf16 gradient + Adam's two fp32 moments + fp32 master copy
-LORA_BYTES = 2  # the frozen bf16 base
-HEADROOM = 1.2  # adapters, their optimizer state and activations on top of the base
-SMALL_MODEL = 1e9  # seed 001: "do not use LoRA/QLoRA for small models (under 1B)"
+# Lesson 1's model-size table: what training the path assumes, besides the situation's batch and length.
+TRAINING = dict(precision="bf16", optimizer="adamw", r=16, target_modules="all-linear")
+SMALL_MODEL = 1e9  # a common rule of thumb: under 1B parameters full fine-tuning is often the simpler choice
+TIGHT_GB = 1.0  # what a GPU needs beyond the predicted tensors: CUDA context, allocator slack
 
 ROUTES: dict[str, str] = {
     "prompting": "no fine-tuning: prompting already does the job",
@@ -40,15 +41,21 @@ ROUTES: dict[str, str] = {
     "full": "full fine-tuning",
     "lora": "LoRA on the 16-bit base",
     "qlora": "QLoRA: LoRA on the 4-bit NF4 base",
-    "smaller_model": "a smaller base model: not even the 4-bit base fits",
+    "smaller_model": "a smaller base model (or shorter sequences, or gradient checkpointing): nothing fits",
 }
 
 
 @dataclass(frozen=True)
 class Situation:
-    """What the path asks about. ``n_params``: the base model's parameters; ``gpu_memory_gb``: decimal GB."""
+    """What the path asks about.
 
-    n_params: float
+    ``n_params``: the base model, as a parameter count (a Llama-2-like shape of that size is assumed) or a
+    preset name of :data:`lora101.memory.PRESETS` (e.g. "Llama-2-7B"); ``gpu_memory_gb``: decimal GB;
+    ``batch_size`` x ``seq_len``: the tokens of one training step; ``gradient_checkpointing``: keep only each
+    block's input and recompute the rest in the backward pass (QLoRA's usual setting).
+    """
+
+    n_params: float | str
     gpu_memory_gb: float
     prompting_good_enough: bool = False
     task_boundary_clear: bool = True
@@ -57,15 +64,31 @@ class Situation:
     data_is_good: bool = True
     want_full_capacity: bool = False
     many_variants: bool = False  # one base serving several task variants (adapters are small to store and swap)
+    batch_size: int = 1
+    seq_len: int = 2048
+    gradient_checkpointing: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("n_params", "gpu_memory_gb"):
+        if isinstance(self.n_params, str):
+            if self.n_params not in PRESETS:
+                raise ValueError(f"n_params: {self.n_params!r} is not a preset; presets: {list(PRESETS)}")
+        elif isinstance(self.n_params, bool) or not isinstance(self.n_params, (int, float)) or not self.n_params >= 1e6:
+            raise ValueError(f"n_params must be a parameter count of at least 1e6 or a preset name, got {self.n_params!r}")
+        value = self.gpu_memory_gb
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"gpu_memory_gb must be a positive number, got {value!r}")
+        for name in ("batch_size", "seq_len"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"{name} must be a positive number, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
         for f in fields(self):
             if f.type in ("bool", bool) and not isinstance(getattr(self, f.name), bool):
                 raise TypeError(f"{f.name} must be True or False, got {getattr(self, f.name)!r}")
+
+    @property
+    def total_params(self) -> int:
+        """The parameter count of the shape the predictor uses."""
+        return estimate_memory(self.n_params, "full", activations=False).total_params
 
 
 @dataclass(frozen=True)
@@ -83,10 +106,23 @@ class Decision:
         return "\n".join([*(f"{i}. {s}" for i, s in enumerate(self.steps, 1)), f"-> {self.route}: {self.summary}"])
 
 
-def memory_needed_gb(n_params: float) -> dict[str, float]:
-    """Decimal GB the path assumes for full fine-tuning, LoRA and QLoRA of an ``n_params`` model."""
-    gb = n_params / 1e9
-    return {"full": gb * FULL_BYTES, "lora": gb * LORA_BYTES * HEADROOM, "qlora": gb * NF4_BITS / 8 * HEADROOM}
+def memory_needed(situation: Situation) -> dict[str, MemoryBudget]:
+    """Lesson 1's predicted budgets for full fine-tuning, LoRA and QLoRA in ``situation`` (see :data:`TRAINING`)."""
+    s = situation
+    return {
+        method: estimate_memory(s.n_params, method, batch_size=s.batch_size, seq_len=s.seq_len,
+                                gradient_checkpointing=s.gradient_checkpointing, master_weights=(method == "full"),
+                                **TRAINING)  # fmt: skip
+        for method in ("full", "lora", "qlora")
+    }
+
+
+def _fit(need_gb: float, have_gb: float) -> str:
+    if need_gb > have_gb:
+        return "does not fit"
+    if have_gb - need_gb < TIGHT_GB:
+        return f"fits, tight (under {TIGHT_GB:g} GB left for the CUDA context the predictor does not count)"
+    return "fits"
 
 
 def decide(situation: Situation | None = None, /, **kwargs) -> Decision:
@@ -105,25 +141,20 @@ def decide(situation: Situation | None = None, /, **kwargs) -> Decision:
         if flag:
             return Decision(route, (*steps, f"{question}: no"))
         steps.append(f"{question}: yes")
-    need = memory_needed_gb(s.n_params)
+    need = {method: b.total / GB for method, b in memory_needed(s).items()}
     have = s.gpu_memory_gb
+    steps.append(f"memory by lesson 1's predictor: batch {s.batch_size} x {s.seq_len} tokens, gradient "
+                 f"checkpointing {'on' if s.gradient_checkpointing else 'off'}, bf16, AdamW, LoRA r=16 on all linear layers")
     full_fits = need["full"] <= have
-    steps.append(f"full fine-tuning needs {need['full']:.3g} GB of {have:g} GB: {'fits' if full_fits else 'does not fit'}")
+    steps.append(f"full fine-tuning needs {need['full']:.3g} GB of {have:g} GB: {_fit(need['full'], have)}")
     if full_fits and s.want_full_capacity:
         return Decision("full", (*steps, "the task wants every weight to change: yes"))
-    if full_fits and s.n_params < SMALL_MODEL and not s.many_variants:
-        return Decision("full", (*steps, f"the model is small ({s.n_params / 1e9:.3g}B < 1B) and one variant is "
+    n = s.total_params
+    if full_fits and n < SMALL_MODEL and not s.many_variants:
+        return Decision("full", (*steps, f"the model is small ({n / 1e9:.3g}B < 1B) and one variant is "
                                          "needed: full fine-tuning is the simpler choice"))
-    for route, label in (("lora", "the bf16 base"), ("qlora", "the NF4 base")):
-        fits = need[route] <= have
-        steps.append(f"{label} + 20% needs {need[route]:.3g} GB: {'fits' if fits else 'does not fit'}")
-        if fits:
+    for route, label in (("lora", "LoRA on the 16-bit base"), ("qlora", "QLoRA on the 4-bit base")):
+        steps.append(f"{label} needs {need[route]:.3g} GB: {_fit(need[route], have)}")
+        if need[route] <= have:
             return Decision(route, tuple(steps))
     return Decision("smaller_model", tuple(steps))
-
-
-def exercise_route(c: dict) -> str:
-    """Exercise 5's ``choose_route(c)`` on top of :func:`decide`: the questions the exercise does not ask are
-    answered "yes, fine", and the small-model rule is off (the exercise has none: ``many_variants=True``)."""
-    keys = ("prompting_good_enough", "task_boundary_clear", "n_params", "gpu_memory_gb", "want_full_capacity")
-    return decide(Situation(**{k: c[k] for k in keys}, many_variants=True)).route

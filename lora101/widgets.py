@@ -77,15 +77,17 @@ def quantization_explorer(weights: dict):
 
 
 def decision_explorer():
-    """The seeds' decision path (``lora101.decision.decide``) with a control for every question it asks;
-    prints the questions walked and the route."""
+    """The decision path of lesson 6 (``lora101.decision.decide``) with a control for every question it asks;
+    prints the questions walked and the route. Memory comes from lesson 1's predictor."""
     import ipywidgets as w
 
     from lora101.decision import decide
 
-    def show(n_params_b, gpu_memory_gb, prompting_good_enough, task_boundary_clear, base_is_strong,
-             needs_new_knowledge, data_is_good, want_full_capacity, many_variants):
-        d = decide(n_params=n_params_b * 1e9, gpu_memory_gb=gpu_memory_gb, prompting_good_enough=prompting_good_enough,
+    def show(n_params_b, gpu_memory_gb, batch_size, seq_len, gradient_checkpointing, prompting_good_enough,
+             task_boundary_clear, base_is_strong, needs_new_knowledge, data_is_good, want_full_capacity,
+             many_variants):  # fmt: skip
+        d = decide(n_params=n_params_b * 1e9, gpu_memory_gb=gpu_memory_gb, batch_size=batch_size, seq_len=seq_len,
+                   gradient_checkpointing=gradient_checkpointing, prompting_good_enough=prompting_good_enough,
                    task_boundary_clear=task_boundary_clear, base_is_strong=base_is_strong,
                    needs_new_knowledge=needs_new_knowledge, data_is_good=data_is_good,
                    want_full_capacity=want_full_capacity, many_variants=many_variants)  # fmt: skip
@@ -98,6 +100,10 @@ def decision_explorer():
                                     style=style),  # fmt: skip
         gpu_memory_gb=w.Dropdown(options=[4, 8, 12, 16, 24, 40, 48, 80, 160, 640], value=12,
                                  description="GPU memory (GB)", style=style),  # fmt: skip
+        batch_size=w.Dropdown(options=[1, 2, 4, 8, 16, 32], value=1, description="batch size", style=style),
+        seq_len=w.Dropdown(options=[256, 512, 1024, 2048, 4096, 8192], value=2048, description="tokens per example",
+                           style=style),  # fmt: skip
+        gradient_checkpointing=w.Checkbox(value=True, description="gradient checkpointing"),
         prompting_good_enough=w.Checkbox(value=False, description="prompting is good enough"),
         task_boundary_clear=w.Checkbox(value=True, description="the task boundary is clear"),
         base_is_strong=w.Checkbox(value=True, description="the base model is strong enough"),
