@@ -28,6 +28,8 @@ import time
 from functools import cache
 from pathlib import Path
 
+from lora101.grading_feedback import configure_feedback
+
 CELL_TIMEOUT_S = 30
 MAX_OUTPUT_LINES = 200
 COURSE_DIR = Path(__file__).resolve().parent.parent / "exercises"
@@ -129,6 +131,7 @@ def grading_config(course_root: Path, cell_timeout: int = CELL_TIMEOUT_S, max_ou
         AssignLatePenalties,
         CheckCellMetadata,
     ]
+    configure_feedback(c)  # feedback without the hidden tests' code; "awaiting grading" for hand grades
     return c
 
 
