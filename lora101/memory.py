@@ -38,7 +38,7 @@ __all__ = [
     "GPU_SIZES_GB",
 ]
 
-GB = 1e9  # decimal gigabytes, as GPU spec sheets and the seeds use them
+GB = 1e9  # decimal gigabytes, as GPU spec sheets use them
 GPU_SIZES_GB: dict[str, float] = {"T4": 16, "RTX 4090 / A10 (24 GB)": 24, "A100 40GB": 40, "A100 80GB": 80, "H100": 80}
 
 # NF4 with double quantisation (QLoRA's setting): 4 bits a weight, an 8-bit absmax per block of 64 weights,
@@ -139,7 +139,7 @@ class ModelShape:
         return embed * (1 if self.tied_embeddings else 2) + self.layers * self.layer_params() + self.hidden
 
 
-# Real shapes (from the models' published configs) for the sizes the seeds talk about.
+# Real shapes (from the models' published configs) for the sizes LoRA write-ups talk about.
 PRESETS: dict[str, ModelShape] = {
     "SmolLM2-135M": ModelShape("SmolLM2-135M", 576, 30, 1536, 49152, 9, 3, 64, True),
     "Llama-2-7B": ModelShape("Llama-2-7B", 4096, 32, 11008, 32000, 32, 32, 128, False),
