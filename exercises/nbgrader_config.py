@@ -1,7 +1,9 @@
 """nbgrader configuration of the lora101 course (run nbgrader commands from this folder).
 
 The settings live in lora101.grading.grading_config, shared with `lora101 grade` and the tests: a cell
-timeout, kernel-death recovery, restored test cells, and a cap on output lines.
+timeout, kernel-death recovery, restored test cells, a cap on output lines, and feedback HTML that shows
+each test's result and message but not the hidden tests' code ("awaiting grading" for answers still to be
+graded by hand).
 """
 
 import os

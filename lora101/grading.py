@@ -5,11 +5,18 @@
 assignment found from the notebook's name), copies them into a grading folder (an nbgrader course directory
 with its gradebook), autogrades them, writes feedback HTML and a CSV of scores.
 
+A whole class: ``--jobs N`` grades N submissions at a time, each worker process in a grading folder of its
+own, merged into the main gradebook at the end (nbgrader's SQLite gradebook takes one writer at a time);
+``--shard K/M`` grades one M-th of the students, and ``lora101 grade-merge SHARD_DIR... --out OUT`` merges
+the shards' grading folders (from several machines) with the same code. The scores are those of a serial
+run (``lora101.grading_parallel``, ``lora101.grading_merge``).
+
 Robustness (``grading_config``): each cell has a timeout and is interrupted when it runs out; a cell that
 kills its kernel (``os._exit``) gets an error output and the kernel is restarted with the cells above it
 re-run, so the rest of the notebook is still graded (``robust_execute()``); test cells a learner edited or
 deleted are restored from the source (``OverwriteCells``, with missing cells added back); output is cut to
-``max_output_lines`` lines a cell.
+``max_output_lines`` lines a cell. Feedback HTML shows each test's result and message but not the hidden
+tests' code, and "awaiting grading" for answers not yet graded by hand (``lora101.grading_feedback``).
 
 Nothing an instructor made is overwritten silently: if a student's assignment was already autograded in
 the grading folder, it is skipped and reported unless ``--regrade`` is given; with ``--regrade``, the old
@@ -151,6 +158,8 @@ def assignments(course_root: Path) -> list[str]:
 
 def _collect(submissions: Path, names: list[str]) -> dict[tuple[str, str], list[Path]]:
     """(student, assignment) -> notebooks, from STUDENT/ASSIGNMENT/*.ipynb or STUDENT/ASSIGNMENT.ipynb."""
+    if not submissions.is_dir():
+        raise ValueError(f"SUBMISSIONS_DIR {submissions} is not a folder")
     found: dict[tuple[str, str], list[Path]] = {}
     for student in sorted(p for p in submissions.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for item in sorted(student.iterdir()):
@@ -160,6 +169,10 @@ def _collect(submissions: Path, names: list[str]) -> dict[tuple[str, str], list[
                     found[(student.name, item.name)] = notebooks
             elif item.suffix == ".ipynb" and item.stem in names:
                 found.setdefault((student.name, item.stem), []).append(item)
+    if not found:
+        raise ValueError(
+            f"no submissions found in {submissions}: expected STUDENT/ASSIGNMENT/NOTEBOOK.ipynb with ASSIGNMENT one of {names}"
+        )
     return found
 
 
@@ -170,57 +183,114 @@ def grade(
     regrade: bool = False,
     cell_timeout: int = CELL_TIMEOUT_S,
     log=print,
+    jobs: int = 1,
+    shard: tuple[int, int] | None = None,
 ) -> list[dict]:
     """Collect, autograde and write feedback for every submission under ``submissions``; returns score rows.
 
     ``out`` becomes an nbgrader course folder (``source/`` copied from ``course``, ``submitted/``,
-    ``autograded/``, ``feedback/``, ``gradebook.db``) and gets ``scores.csv``.
+    ``autograded/``, ``feedback/``, ``gradebook.db``) and gets ``scores.csv``. ``jobs`` > 1 grades that many
+    submissions at a time (``lora101.grading_parallel``); ``shard=(K, M)`` grades only shard K of M of the
+    students (``select_shard``), for ``grade_merge`` to combine.
     """
+    from lora101.grading_merge import gradebook_lock
+    from lora101.grading_parallel import grade_in_parallel, select_shard
+
     submissions, out, course = Path(submissions).resolve(), Path(out).resolve(), Path(course).resolve()
-    if not submissions.is_dir():
-        raise ValueError(f"SUBMISSIONS_DIR {submissions} is not a folder")
+    if jobs < 1:
+        raise ValueError(f"--jobs {jobs}: give 1 or more")
+    names = _check_course(course)
+    found = _collect(submissions, names)
+    if shard:
+        found = select_shard(found, *shard)
+        log(f"shard {shard[0]}/{shard[1]}: {len({s for s, _ in found})} students, {len(found)} submissions")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    with gradebook_lock(out):
+        todo = _make_room(found, out, regrade, stamp, log)
+        api = prepare(out, course, {a for _, a in todo}, cell_timeout)
+        if jobs > 1 and len(todo) > 1:
+            grade_in_parallel(out, todo, min(jobs, len(todo)), cell_timeout, stamp, log)
+        else:
+            for (student, assignment), notebooks in todo.items():
+                grade_one(api, out, student, assignment, notebooks, log)
+        return write_scores(out, log)
+
+
+def _check_course(course: Path) -> list[str]:
     if not (course / "source").is_dir():
         raise ValueError(f"--course {course} has no source/ folder: give the course's exercises/ folder")
-    names = assignments(course)
-    found = _collect(submissions, names)
-    if not found:
-        raise ValueError(
-            f"no submissions found in {submissions}: expected STUDENT/ASSIGNMENT/NOTEBOOK.ipynb with ASSIGNMENT one of {names}"
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(course / "source", out / "source", dirs_exist_ok=True)
-    api = api_for(out, cell_timeout=cell_timeout)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    generated = set()
-    rows = []
+    return assignments(course)
+
+
+def _make_room(found: dict, out: Path, regrade: bool, stamp: str, log) -> dict:
+    """The submissions to grade: those not graded in ``out`` yet, or all with ``regrade`` (old results set
+    aside to ``ASSIGNMENT.backup-STAMP``)."""
+    from lora101.grading_merge import set_aside
+
+    todo = {}
     for (student, assignment), notebooks in found.items():
-        done = [out / d / student / assignment for d in ("autograded", "feedback") if (out / d / student / assignment).exists()]
+        done = any((out / d / student / assignment).exists() for d in ("autograded", "feedback"))
         if done and not regrade:
             log(f"skip {student}/{assignment}: already graded in {out} (use --regrade to grade it again)")
             continue
-        for folder in done:
-            backup = folder.with_name(f"{assignment}.backup-{stamp}")
-            folder.rename(backup)
-            log(f"moved the previous {folder.relative_to(out)} to {backup.relative_to(out)}")
-        if assignment not in generated:
-            result = api.generate_assignment(assignment, force=True)
-            if not result["success"]:
-                raise RuntimeError(f"generate_assignment {assignment} failed:\n{result['log']}{result['error']}")
-            generated.add(assignment)
-        target = out / "submitted" / student / assignment
-        if target.exists():
-            shutil.rmtree(target)
-        target.mkdir(parents=True)
-        for nb in notebooks:
-            shutil.copy2(nb, target / nb.name)
-        log(f"autograding {student}/{assignment} ...")
-        result = api.autograde(assignment, student, force=True, create=True)
+        set_aside(out, student, assignment, stamp, log)
+        todo[(student, assignment)] = notebooks
+    return todo
+
+
+def prepare(out: Path, course: Path, names: set[str], cell_timeout: int = CELL_TIMEOUT_S):
+    """Make ``out`` a grading folder for assignments ``names`` (source copied, generate_assignment run, so
+    the gradebook knows them); returns its nbgrader API."""
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(course / "source", out / "source", dirs_exist_ok=True)
+    api = api_for(out, cell_timeout=cell_timeout)
+    for assignment in sorted(names):
+        result = api.generate_assignment(assignment, force=True)
         if not result["success"]:
-            log(f"  autograde failed for {student}/{assignment}:\n{result['error']}")
-            continue
-        result = api.generate_feedback(assignment, student, force=True)
-        if not result["success"]:
-            log(f"  feedback failed for {student}/{assignment}:\n{result['error']}")
+            raise RuntimeError(f"generate_assignment {assignment} failed:\n{result['log']}{result['error']}")
+    return api
+
+
+def grade_one(api, out: Path, student: str, assignment: str, notebooks: list[Path], log) -> bool:
+    """Copy one submission into ``out/submitted/``, autograde it and write its feedback (nbgrader's API)."""
+    target = out / "submitted" / student / assignment
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    for nb in notebooks:
+        shutil.copy2(nb, target / nb.name)
+    log(f"autograding {student}/{assignment} ...")
+    result = api.autograde(assignment, student, force=True, create=True)
+    if not result["success"]:
+        log(f"  autograde failed for {student}/{assignment}:\n{result['error']}")
+        return False
+    result = api.generate_feedback(assignment, student, force=True)
+    if not result["success"]:
+        log(f"  feedback failed for {student}/{assignment}:\n{result['error']}")
+    return True
+
+
+def grade_merge(shards: list[Path], out: Path, course: Path = COURSE_DIR, log=print) -> list[dict]:
+    """Merge the grading folders ``shards`` (``lora101 grade --shard K/M --out ...`` on several machines)
+    into ``out``: gradebook, submitted/autograded/feedback folders and ``scores.csv``. The shards are only
+    read; a result already in ``out`` is set aside first, as ``--regrade`` does."""
+    from lora101.grading_merge import gradebook_lock, merge_folder, submissions_in
+
+    out, course = Path(out).resolve(), Path(course).resolve()
+    _check_course(course)
+    found = {Path(shard).resolve(): sorted(submissions_in(shard)) for shard in shards}
+    if out in found:
+        raise ValueError(f"--out {out} is one of the shards: merge into a new folder")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    with gradebook_lock(out):
+        prepare(out, course, {a for pairs in found.values() for _, a in pairs})
+        for shard, pairs in found.items():
+            log(f"merging {len(pairs)} submissions from {shard}")
+            merge_folder(shard, out, pairs, stamp, log)
+        return write_scores(out, log)
+
+
+def write_scores(out: Path, log) -> list[dict]:
     rows = scores(out)
     with open(out / "scores.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["student", "assignment", "score", "max_score", "needs_manual_grade"])
@@ -258,18 +328,56 @@ def register(subparsers) -> None:
     p.add_argument("--course", type=Path, default=COURSE_DIR, help=f"the course's exercises/ folder (default {COURSE_DIR})")
     p.add_argument("--regrade", action="store_true", help="grade again what was graded (old results are backed up)")
     p.add_argument("--timeout", type=int, default=CELL_TIMEOUT_S, help="seconds a cell may run (default %(default)s)")
+    p.add_argument("--jobs", type=int, default=1, help="submissions graded at a time, one process each (default 1)")
+    p.add_argument("--shard", type=_shard, default=None, metavar="K/M",
+                   help="grade only shard K of M of the students (in name order: K, K+M, ...); combine the "
+                        "shards' grading folders with lora101 grade-merge")  # fmt: skip
     p.set_defaults(func=_main)
+    m = subparsers.add_parser(
+        "grade-merge",
+        help="merge grading folders of lora101 grade --shard K/M runs into one gradebook and scores.csv",
+        description=grade_merge.__doc__,
+    )
+    m.add_argument("shards", type=Path, nargs="+", metavar="SHARD_DIR", help="grading folders (their --out)")
+    m.add_argument("--out", type=Path, required=True, help="the merged grading folder")
+    m.add_argument("--course", type=Path, default=COURSE_DIR, help=f"the course's exercises/ folder (default {COURSE_DIR})")
+    m.set_defaults(func=_merge_main)
+
+
+def _shard(text: str) -> tuple[int, int]:
+    from lora101.grading_parallel import parse_shard
+
+    try:
+        return parse_shard(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _main(args) -> int:
     os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")  # alembic
     out = args.out or args.submissions.resolve().parent / "graded"
     try:
-        rows = grade(args.submissions, out, args.course, regrade=args.regrade, cell_timeout=args.timeout)
+        rows = grade(args.submissions, out, args.course, regrade=args.regrade, cell_timeout=args.timeout,
+                     jobs=args.jobs, shard=args.shard)  # fmt: skip
     except ValueError as err:
         print(f"lora101 grade: {err}", file=sys.stderr)
         return 2
+    _print_rows(rows)
+    return 0
+
+
+def _merge_main(args) -> int:
+    os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")  # alembic
+    try:
+        rows = grade_merge(args.shards, args.out, args.course)
+    except ValueError as err:
+        print(f"lora101 grade-merge: {err}", file=sys.stderr)
+        return 2
+    _print_rows(rows)
+    return 0
+
+
+def _print_rows(rows: list[dict]) -> None:
     for r in rows:
         print(f"{r['student']:>16} {r['assignment']:<20} {r['score']:6.1f} / {r['max_score']:.1f}"
               + ("  (needs manual grading)" if r["needs_manual_grade"] else ""))  # fmt: skip
-    return 0

@@ -1,0 +1,87 @@
+"""Grading a class in parallel (``--jobs N``) and in shards across machines (``--shard K/M``).
+
+nbgrader's SQLite gradebook must not be written by two processes at once, so each worker process grades
+into a grading folder of its own (``OUT/.workers/worker-PID/``: a copy of ``OUT``'s ``source/``,
+``release/`` and ``gradebook.db``, so a regraded learner's manual grades travel with it) with nbgrader's
+own API, exactly as a serial run does; when all are done, the main process alone merges the workers'
+gradebook rows and folders into ``OUT`` (``lora101.grading_merge``, the code ``lora101 grade-merge`` runs
+for shards graded on other machines). Workers take submissions from a shared queue one at a time, so a
+slow submission (an infinite loop waiting for its timeout) does not hold up the others.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+WORKERS = ".workers"
+_WORKER: dict = {}  # this worker process's grading folder and nbgrader API
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"K/M"`` -> (K, M), 1 <= K <= M."""
+    try:
+        k, m = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard {text!r}: expected K/M, for example 1/3") from None
+    if not 1 <= k <= m:
+        raise ValueError(f"--shard {text!r}: K must be between 1 and M")
+    return k, m
+
+
+def select_shard(found: dict[tuple[str, str], list[Path]], k: int, m: int) -> dict[tuple[str, str], list[Path]]:
+    """Shard K of M: the students ranked K, K+M, K+2M... in name order, with all their assignments.
+
+    Every machine must see the same SUBMISSIONS_DIR so that the M shards cover the class exactly once."""
+    students = sorted({student for student, _ in found})
+    mine = set(students[k - 1 :: m])
+    return {key: notebooks for key, notebooks in found.items() if key[0] in mine}
+
+
+def _start_worker(out: Path, cell_timeout: int) -> None:
+    from lora101.grading import api_for
+
+    folder = out / WORKERS / f"worker-{os.getpid()}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for name in ("source", "release"):
+        if (out / name).is_dir():
+            shutil.copytree(out / name, folder / name)
+    shutil.copy2(out / "gradebook.db", folder / "gradebook.db")
+    _WORKER.update(folder=folder, api=api_for(folder, cell_timeout=cell_timeout))
+
+
+def _grade_in_worker(item: tuple[tuple[str, str], list[Path]]) -> tuple[str, str, str, list[str]]:
+    from lora101.grading import grade_one
+
+    (student, assignment), notebooks = item
+    lines: list[str] = []
+    grade_one(_WORKER["api"], _WORKER["folder"], student, assignment, notebooks, lines.append)
+    return str(_WORKER["folder"]), student, assignment, lines
+
+
+def grade_in_parallel(out: Path, todo: dict, jobs: int, cell_timeout: int, stamp: str, log) -> None:
+    """Grade ``todo`` ((student, assignment) -> notebooks) with ``jobs`` worker processes, then merge their
+    results into ``out`` (whose gradebook already knows the assignments)."""
+    from tqdm.auto import tqdm
+
+    from lora101.grading_merge import merge_folder, submissions_in
+
+    # spawn, not fork: the parent has nbgrader, zmq and SQLAlchemy loaded, none of them safe to fork.
+    context = multiprocessing.get_context("spawn")
+    attempted: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker, initargs=(out, cell_timeout)) as pool:
+        results = pool.map(_grade_in_worker, sorted(todo.items()))
+        for folder, student, assignment, lines in tqdm(results, total=len(todo), desc=f"grading ({jobs} jobs)"):
+            for line in lines:
+                log(line)
+            attempted[folder].append((student, assignment))
+    log(f"merging {len(attempted)} workers' gradebooks into {out / 'gradebook.db'}")
+    for folder, pairs in sorted(attempted.items()):
+        graded = submissions_in(Path(folder))
+        merge_folder(Path(folder), out, sorted(p for p in pairs if p in graded), stamp, log)
+    shutil.rmtree(out / WORKERS)
