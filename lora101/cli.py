@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "lora101.model_cli",
     "lora101.finetune_cli",
     "lora101.grading",
+    "lora101.colab",
 ]
 
 

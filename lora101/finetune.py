@@ -15,7 +15,8 @@ The recipe (Dettmers et al., 2023) in the order the lesson builds it:
    into a de-quantised copy of the base.
 
 Everything here runs the same on the CPU and on CUDA; only the step budget and the compute dtype
-change (fp32 on CPUs, which have no fast bf16 matmul; bf16 on Ampere+ GPUs).
+change (fp32 on CPUs and pre-Ampere GPUs, which have no native bf16 matmul; bf16 autocast on Ampere+ GPUs,
+which the CPU can run too: ``FinetuneConfig(mixed_precision="bf16")`` takes the GPU's code path there).
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ from typing import Any
 
 import torch
 
-from lora101.models import DEFAULT_MODEL, choose_device, compute_dtype_for, load_model
+from lora101.models import DEFAULT_MODEL, choose_device, has_native_bf16, load_model
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+MIXED_PRECISIONS = ("auto", "bf16", "no")
 
 
 @dataclass
@@ -54,10 +56,15 @@ class FinetuneConfig:
     logging_steps: int = 5
     max_grad_norm: float = 1.0
     device: str | None = None
+    # "auto": bf16 autocast where the GPU has native bf16 (compute capability 8.0+), none elsewhere;
+    # "bf16" forces it (a CPU runs it too: how the tests take the GPU's code path), "no" turns it off.
+    mixed_precision: str = "auto"
 
     def __post_init__(self) -> None:
         if self.precision not in ("nf4", "bf16", "fp32"):
             raise ValueError(f"precision must be 'nf4', 'bf16' or 'fp32', got {self.precision!r}")
+        if self.mixed_precision not in MIXED_PRECISIONS:
+            raise ValueError(f"mixed_precision must be one of {MIXED_PRECISIONS}, got {self.mixed_precision!r}")
         for name in ("rank", "alpha", "steps", "batch_size", "save_steps", "logging_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -81,8 +88,9 @@ def load_base(model: str = DEFAULT_MODEL, precision: str = "nf4", device: str | 
     ``precision="nf4"``: 4-bit NF4 + double quantisation, computing in fp32 on the CPU and bf16 on
     Ampere+ GPUs, then ``prepare_model_for_kbit_training`` (with gradient checkpointing only on CUDA:
     on a CPU it would only recompute activations that fit in RAM anyway). ``"bf16"``/``"fp32"``: the
-    full-precision base, frozen. On a CPU "bf16" is loaded in fp32, because CPUs have no fast bf16
-    matmul: the memory difference is then what 4-bit storage saves over 16/32-bit storage.
+    full-precision base, frozen. "bf16" is loaded in bf16 only where the device has native bf16
+    (Ampere+ GPUs) and in fp32 elsewhere (CPUs, T4, V100), which run bf16 matmuls slowly or not at all:
+    the memory difference is then what 4-bit storage saves over 16/32-bit storage.
     """
     from peft import prepare_model_for_kbit_training
 
@@ -93,14 +101,28 @@ def load_base(model: str = DEFAULT_MODEL, precision: str = "nf4", device: str | 
         if prepare:
             base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=dev.type == "cuda")
     else:
-        dtype_name = precision if (precision == "fp32" or dev.type == "cuda") else "fp32"
-        base = load_model(model, precision=dtype_name, device=dev)
+        base = load_model(model, precision=full_precision_on(dev, precision), device=dev)
         for p in base.parameters():
             p.requires_grad_(False)
         if dev.type == "cuda":
-            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_checkpointing(base)
             base.enable_input_require_grads()
     return base
+
+
+def full_precision_on(device: torch.device, precision: str) -> str:
+    """What a "bf16"/"fp32" base is loaded as on ``device``: bf16 only with native bf16, else fp32."""
+    return "bf16" if precision == "bf16" and has_native_bf16(device) else "fp32"
+
+
+def enable_checkpointing(model) -> None:
+    """Recompute activations in the backward pass instead of storing them (non-reentrant).
+
+    transformers 5.23 renamed gradient checkpointing to activation checkpointing and deprecates the old
+    names; Colab's transformers (5.15) has only the old ones.
+    """
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable({"use_reentrant": False})
 
 
 def keep_cpu_weights_unpacked(model) -> int:
@@ -197,14 +219,34 @@ def live_loss_plot(total_steps: int):
     return LiveLossPlot()
 
 
+def autocast_dtype(config: FinetuneConfig) -> torch.dtype | None:
+    """The dtype the ``Trainer`` autocasts to for ``config``: bf16, or None for no autocast."""
+    if config.mixed_precision == "bf16":
+        return torch.bfloat16
+    if config.mixed_precision == "auto" and has_native_bf16(choose_device(config.device)):
+        return torch.bfloat16
+    return None
+
+
+def checkpointing_arguments(enabled: bool) -> dict[str, Any]:
+    """TrainingArguments' checkpointing switches under the name this transformers knows (see enable_checkpointing)."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    known = {f.name for f in dataclasses.fields(TrainingArguments)}
+    name = "activation_checkpointing" if "activation_checkpointing" in known else "gradient_checkpointing"
+    return {name: enabled, f"{name}_kwargs": {"use_reentrant": False} if enabled else None}
+
+
 def training_arguments(config: FinetuneConfig, output_dir: str | os.PathLike, *, progress: bool = True):
     """transformers ``TrainingArguments`` for ``config``: cosine schedule with warmup, checkpoints,
-    and on CUDA the QLoRA memory savers (paged 8-bit AdamW, gradient checkpointing, bf16 autocast)."""
+    and on CUDA the QLoRA memory savers (paged 8-bit AdamW, gradient checkpointing), bf16 autocast
+    where :func:`autocast_dtype` says so."""
     from transformers import TrainingArguments
 
     dev = choose_device(config.device)
     cuda = dev.type == "cuda"
-    bf16 = cuda and compute_dtype_for(dev) == torch.bfloat16
     return TrainingArguments(
         output_dir=str(output_dir),
         per_device_train_batch_size=config.batch_size,
@@ -224,15 +266,30 @@ def training_arguments(config: FinetuneConfig, output_dir: str | os.PathLike, *,
         # paged_adamw_8bit keeps its states in 8 bits and pages them to host memory under pressure;
         # bitsandbytes' paged optimizers need CUDA, so the CPU uses PyTorch's AdamW.
         optim="paged_adamw_8bit" if cuda else "adamw_torch",
-        gradient_checkpointing=cuda,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if cuda else None,
-        bf16=bf16,
+        **checkpointing_arguments(cuda),
+        bf16=autocast_dtype(config) == torch.bfloat16,
         use_cpu=dev.type == "cpu",
         dataloader_num_workers=0,
         remove_unused_columns=False,
         disable_tqdm=not progress,
         logging_first_step=True,
     )
+
+
+def drop_autocast_wrapper(model) -> bool:
+    """Give ``model`` back its own ``forward`` if training left an autocast wrapper on it; True if it did.
+
+    Under mixed precision, accelerate (inside the ``Trainer``) replaces the model's ``forward`` with one
+    that runs in autocast and never puts the original back. The trained model would then compute in bf16
+    autocast while a reloaded or untrained model does not, and no comparison between them would be like
+    with like (the same adapter reloaded gives other logits). accelerate's own unwrapping restores it.
+    """
+    from accelerate.utils import extract_model_from_parallel
+
+    if "_original_forward" not in model.__dict__:
+        return False
+    extract_model_from_parallel(model, keep_fp32_wrapper=False)
+    return True
 
 
 @dataclass
@@ -344,6 +401,7 @@ def train(
     start = time.perf_counter()
     out = trainer.train(resume_from_checkpoint=resume if resume else None)
     wall = time.perf_counter() - start
+    drop_autocast_wrapper(model)
     model.eval()
     seen = trainer.state.num_input_tokens_seen or 0
     if not seen:  # count real tokens: steps x batch_size examples, in the order the sampler drew them

@@ -327,14 +327,26 @@ def choose_device(device: str | torch.device | None = None) -> torch.device:
     return chosen
 
 
-def compute_dtype_for(device: torch.device) -> torch.dtype:
-    """The dtype 4-bit layers compute in: bf16 where the hardware does it well, else fp32.
+def has_native_bf16(device: torch.device) -> bool:
+    """True on CUDA GPUs of compute capability 8.0 and up (Ampere: A100, L4, RTX 30xx, and later).
 
-    CPUs and pre-Ampere GPUs (the T4) have no fast bf16 matmul; fp32 is both faster and exact there.
+    ``torch.cuda.is_bf16_supported()`` is not the question to ask: it also answers True on a T4 or V100
+    (capability 7.x), which run bf16 only through emulation, many times slower than fp32 or fp16.
     """
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
+    if device.type != "cuda":
+        return False
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return torch.cuda.get_device_capability(index) >= (8, 0)
+
+
+def compute_dtype_for(device: torch.device) -> torch.dtype:
+    """The dtype 4-bit layers compute in: bf16 where the hardware does it natively, else fp32.
+
+    CPUs and pre-Ampere GPUs (the free Colab T4, the V100) have no native bf16 matmul; fp32 is exact
+    there and needs no loss scaling (fp16 would be faster on a T4, but its 5-bit exponent overflows
+    without a loss scaler and the course keeps one numerics for every device without bf16).
+    """
+    return torch.bfloat16 if has_native_bf16(device) else torch.float32
 
 
 def load_tokenizer(name: str = DEFAULT_MODEL):

@@ -32,7 +32,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -238,6 +238,13 @@ def _datasets(tokenizer, settings: Settings, data: str):
     return train.select_columns(["input_ids", "attention_mask", "labels"]), test
 
 
+def _precision(run: Run) -> str:
+    """QLoRA's base in 4-bit; every other base in 16 bits where the device computes in bf16 natively
+    (Ampere+ GPUs), in fp32 elsewhere (``ft.load_base`` decides): LoRA and full fine-tuning are compared
+    with QLoRA as they would be run on that device."""
+    return "nf4" if run.method == "qlora" else "bf16"
+
+
 def _model(run: Run, settings: Settings):
     """The model to train for ``run`` and its parameter counts."""
     import torch
@@ -247,15 +254,17 @@ def _model(run: Run, settings: Settings):
     if run.base == "random":
         from transformers import AutoConfig, AutoModelForCausalLM
 
-        from lora101.models import choose_device, resolve_model
+        from lora101.models import choose_device, has_native_bf16, resolve_model
 
         torch.manual_seed(settings.seed)
         config = AutoConfig.from_pretrained(resolve_model(settings.model).path)
-        base = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32).to(choose_device())
+        device = choose_device()
+        dtype = torch.bfloat16 if has_native_bf16(device) else torch.float32  # as ft.load_base's "bf16"
+        base = AutoModelForCausalLM.from_config(config, torch_dtype=dtype).to(device)
         for p in base.parameters():
             p.requires_grad_(False)
     else:
-        base = ft.load_base(settings.model, precision="nf4" if run.method == "qlora" else "fp32")
+        base = ft.load_base(settings.model, precision=_precision(run))
     if run.method in ("lora", "qlora"):
         torch.manual_seed(settings.seed)  # the adapters' A matrices are drawn here
         model = ft.add_lora(base, run.rank, run.alpha, list(target_modules(run.targets)))
@@ -334,7 +343,7 @@ def run_one(run: Run, settings: Settings, on_step: Callable[[int], None] | None 
                               "rss_after_model_bytes": rss_after_model}
     if run.method != "none":
         config = ft.FinetuneConfig(
-            model=settings.model, precision="nf4" if run.method == "qlora" else "fp32", rank=run.rank,
+            model=settings.model, precision=_precision(run), rank=run.rank,
             alpha=run.alpha, steps=settings.steps, batch_size=settings.batch_size, lr=run.lr,
             warmup_steps=settings.warmup_steps, seed=settings.seed, save_steps=10**9, logging_steps=1,
         )
@@ -511,7 +520,7 @@ def run_sweep(runs: Sequence[Run], settings: Settings, output: str | os.PathLike
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+    return datetime.now(UTC).replace(microsecond=0).isoformat()
 
 
 def _write_json(path: Path, doc: dict) -> None:

