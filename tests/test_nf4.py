@@ -137,6 +137,54 @@ def test_every_blocksize_nf4_and_fp4(blocksize):
         _assert_same_as_bnb(w, quant_type, blocksize, double_quant=blocksize == 64)
 
 
+@pytest.mark.parametrize("double_quant", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize(
+    "shape",
+    [
+        (5, 7, 3),  # 105 values: odd count, odd number of packed bytes, one partial block
+        (33, 17),  # rows shorter than a block, odd count
+        (7, 40),  # rows shorter than a block, even count, partial last block
+        (130, 96),  # blocks that straddle rows
+        (3, 64 * 257 + 2),  # more than 256 blocks (two second-level blocks), partial last block
+    ],
+)
+def test_fast_paths_every_output_dtype_and_odd_shape(shape, dtype, double_quant):
+    """The fast quantise (compare-and-count) and de-quantise (four codes a gather, scale written in the output
+    dtype) paths equal bitsandbytes for every output dtype, with and without double quantisation."""
+    torch.manual_seed(math.prod(shape))
+    _assert_same_as_bnb((torch.randn(shape) * 0.03).to(dtype), "nf4", 64, double_quant)
+
+
+@pytest.mark.parametrize("code_type", nf4.CODE_TYPES)
+def test_count_below_equals_bucketize_on_and_around_midpoints(code_type):
+    """Counting the midpoints below a value is torch.bucketize(right=False), ties and neighbours included."""
+    _, midpoints, _ = nf4._tables(code_type, torch.device("cpu"))
+    values = torch.cat(
+        [
+            torch.rand(10_000, generator=torch.Generator().manual_seed(5)) * 2 - 1,
+            midpoints,
+            torch.nextafter(midpoints, torch.tensor(2.0)),
+            torch.nextafter(midpoints, torch.tensor(-2.0)),
+            torch.tensor([-1.0, 0.0, -0.0, 1.0]),
+        ]
+    )
+    counted = nf4._count_below(values, midpoints)
+    assert counted.dtype == torch.uint8
+    assert torch.equal(counted.long(), torch.bucketize(values, midpoints, right=False))
+
+
+def test_dequantize_accepts_unaligned_and_strided_packed_codes():
+    """A state whose packed codes start at an odd byte offset (a slice) decodes like a fresh copy."""
+    torch.manual_seed(6)
+    w = torch.randn(12, 64)
+    state = nf4.quantize_nf4(w)
+    shifted = torch.cat([torch.zeros(1, dtype=torch.uint8), state.packed])[1:]  # storage offset 1
+    assert shifted.storage_offset() == 1
+    moved = nf4.QuantState(shifted, state.absmax, state.shape, state.dtype, state.blocksize, state.code_type)
+    assert torch.equal(nf4.dequantize_nf4(moved), nf4.dequantize_nf4(state))
+
+
 def test_ties_on_midpoints_go_to_the_lower_code():
     """A value exactly on the midpoint between two codes takes the lower code, in ours and in bitsandbytes."""
     for quant_type in ("nf4", "fp4"):
@@ -225,10 +273,12 @@ def test_bad_input_messages():
     with pytest.raises(TypeError, match="w must be a torch.Tensor"):
         nf4.quantize_nf4([1.0, 2.0])
     for bad in (float("nan"), float("inf"), -float("inf")):
-        w = torch.ones(128)
-        w[5] = bad
-        with pytest.raises(ValueError, match="w holds 1 NaN or infinite"):
-            nf4.quantize_nf4(w)
+        for where in (5, 130):  # a full block, and the partial last block
+            for dtype in (torch.float32, torch.bfloat16):
+                w = torch.ones(140, dtype=dtype)
+                w[where] = bad
+                with pytest.raises(ValueError, match="w holds 1 NaN or infinite"):
+                    nf4.quantize_nf4(w)
     with pytest.raises(ValueError, match="w is empty"):
         nf4.quantize_nf4(torch.empty(0, 4))
     for bs in (16, 48, 8192, 0, -64):
@@ -363,6 +413,12 @@ def test_benchmark_runs_and_checks_bit_identity(capsys):
 
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
-    assert bench.run(parser.parse_args(["--size", "256", "--repeats", "1", "--no-errors"])) == 0
+    args = ["--size", "256", "--repeats", "1", "--no-errors", "--dtypes", "float32,bfloat16"]
+    assert bench.run(parser.parse_args(args)) == 0
     out = capsys.readouterr().out
-    assert "dequantise (double quant)" in out and "target <= 1.5x" in out
+    assert "dequantise (bfloat16, double quant)" in out and "target <= 1.0x" in out
+    assert "copy bandwidth: clone()" in out and "GB/s" in out
+    # the bytes each operation moves: 256*256 float32 weights + 32,768 code bytes + 1,024 float32 absmax
+    assert f"{(256 * 256 * 4 + 256 * 128 + 1024 * 4) / 1e6:>8.1f}" in out
+    with pytest.raises(SystemExit, match="--dtypes: unknown dtype"):
+        bench.run(parser.parse_args(["--size", "64", "--dtypes", "float64", "--no-errors"]))

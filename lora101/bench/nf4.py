@@ -1,9 +1,14 @@
 """lora101.nf4 against bitsandbytes: quantise/dequantise time, then reconstruction error NF4 vs FP4 vs int4.
 
-Timing: one ``--size`` x ``--size`` float32 matrix (default 4096 x 4096, 16.8 M weights), NF4, blocksize 64,
-with and without double quantisation; median of ``--repeats`` runs after a warm-up, ours and bitsandbytes'
-interleaved so machine load hits both alike. Target (issue 4): within 1.5x of bitsandbytes on the CPU.
-Before timing, each pair is checked to be bit-identical.
+Timing: one ``--size`` x ``--size`` matrix (default 4096 x 4096, 16.8 M weights) in each of ``--dtypes``
+(default float32), NF4, blocksize 64, with and without double quantisation; median of ``--repeats`` runs
+after a warm-up, ours and bitsandbytes' interleaved so machine load hits both alike. Target (issue 15): no
+slower than bitsandbytes on the CPU ("worst ratio" <= 1.0x). Before timing, each pair is checked to be
+bit-identical.
+
+Bandwidth: each operation's bytes read + written (codes, block constants, weights) divided by its time, next
+to the machine's copy bandwidth (a ``clone()`` of the same matrix: read + write once). De-quantisation is
+memory-bound work: the fraction says how far from the physical limit a kernel is.
 
 Error: RMSE and max |error| of the round trip for Gaussian data and for real SmolLM2 weights (a few layers
 of each type), blocksize 64.
@@ -26,6 +31,11 @@ LAYER_TYPES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=4096, help="the timed matrix is SIZE x SIZE (float32)")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument(
+        "--dtypes",
+        default="float32",
+        help="comma-separated weight (and de-quantised output) dtypes: float32, bfloat16, float16",
+    )
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--layers", default="0,14,29", help="SmolLM2 layer indices for the error table")
     parser.add_argument("--no-errors", action="store_true", help="skip the reconstruction-error table")
@@ -81,43 +91,87 @@ def error_table(weights: dict[str, torch.Tensor], blocksize: int = 64) -> list[t
     return rows
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def state_bytes(state: nf4.QuantState) -> int:
+    """Bytes of a 4-bit state as a kernel reads or writes them: packed codes and every block constant."""
+    return state.nbytes()
+
+
+def _gbps(nbytes: int, seconds: float) -> float:
+    return nbytes / seconds / 1e9
+
+
 def run(args: argparse.Namespace) -> int:
     import bitsandbytes.functional as BF
 
     device = torch.device(args.device)
+    dtypes = [d.strip() for d in args.dtypes.split(",")]
+    unknown = [d for d in dtypes if d not in DTYPES]
+    if unknown:
+        raise SystemExit(f"--dtypes: unknown dtype(s) {unknown}; choose from {list(DTYPES)}")
     torch.manual_seed(0)
-    w = torch.randn(args.size, args.size, device=device) * 0.02
-    print(f"{args.size}x{args.size} float32 on {device}, NF4 blocksize 64, median of {args.repeats}, "
-          f"threads={torch.get_num_threads()}")  # fmt: skip
-    header = f"{'operation':<34} | {'lora101':>10} | {'bitsandbytes':>12} | {'ratio':>6}"
+    w32 = torch.randn(args.size, args.size, device=device) * 0.02
+    (t_copy,) = _median_times([lambda: w32.clone()], args.repeats, device)
+    copy_gbps = _gbps(2 * w32.numel() * w32.element_size(), t_copy)
+    print(
+        f"{args.size}x{args.size} on {device}, NF4 blocksize 64, median of {args.repeats}, "
+        f"threads={torch.get_num_threads()}"
+    )
+    print(
+        f"copy bandwidth: clone() of the float32 matrix, {2 * w32.numel() * 4 / 1e6:.0f} MB read + written "
+        f"in {t_copy * 1e3:.1f} ms = {copy_gbps:.1f} GB/s"
+    )
+    header = (
+        f"{'operation':<36} | {'lora101':>10} | {'bitsandbytes':>12} | {'ratio':>6} | "
+        f"{'MB moved':>8} | {'lora101 GB/s (of copy)':>22} | {'bnb GB/s (of copy)':>18}"
+    )
     print(header)
     print("-" * len(header))
     worst = 0.0
-    for dq in (False, True):
-        ours_state = nf4.quantize_nf4(w, 64, dq)
-        packed, state = BF.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=dq)
-        if not (
-            torch.equal(ours_state.packed, packed.reshape(-1))
-            and torch.equal(ours_state.absmax, state.absmax)
-        ):
-            raise SystemExit("lora101.nf4 and bitsandbytes disagree on this matrix: not timing")
-        if not torch.equal(nf4.dequantize_nf4(ours_state), BF.dequantize_4bit(packed, state)):
-            raise SystemExit("dequantised tensors disagree: not timing")
-        t_q = _median_times(
-            [lambda dq=dq: nf4.quantize_nf4(w, 64, dq),
-             lambda dq=dq: BF.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=dq)],
-            args.repeats, device,
-        )  # fmt: skip
-        t_d = _median_times(
-            [lambda s=ours_state: nf4.dequantize_nf4(s), lambda p=packed, s=state: BF.dequantize_4bit(p, s)],
-            args.repeats,
-            device,
-        )
-        label = "double quant" if dq else "plain"
-        for name, (ours, theirs) in ((f"quantise ({label})", t_q), (f"dequantise ({label})", t_d)):
-            worst = max(worst, ours / theirs)
-            print(f"{name:<34} | {ours * 1e3:>7.1f} ms | {theirs * 1e3:>9.1f} ms | {ours / theirs:>5.2f}x")
-    print(f"worst ratio {worst:.2f}x (target <= 1.5x); bit-identical results checked before timing")
+    for dtype_name in dtypes:
+        w = w32.to(DTYPES[dtype_name])
+        weight_bytes = w.numel() * w.element_size()
+        for dq in (False, True):
+            ours_state = nf4.quantize_nf4(w, 64, dq)
+            packed, state = BF.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=dq)
+            if not (
+                torch.equal(ours_state.packed, packed.reshape(-1))
+                and torch.equal(ours_state.absmax, state.absmax)
+            ):
+                raise SystemExit("lora101.nf4 and bitsandbytes disagree on this matrix: not timing")
+            if not torch.equal(nf4.dequantize_nf4(ours_state), BF.dequantize_4bit(packed, state)):
+                raise SystemExit("dequantised tensors disagree: not timing")
+            t_q = _median_times(
+                [
+                    lambda w=w, dq=dq: nf4.quantize_nf4(w, 64, dq),
+                    lambda w=w, dq=dq: BF.quantize_4bit(
+                        w, blocksize=64, quant_type="nf4", compress_statistics=dq
+                    ),
+                ],
+                args.repeats,
+                device,
+            )
+            t_d = _median_times(
+                [
+                    lambda s=ours_state: nf4.dequantize_nf4(s),
+                    lambda p=packed, s=state: BF.dequantize_4bit(p, s),
+                ],
+                args.repeats,
+                device,
+            )
+            # Both directions move the same bytes: the weights one way, the 4-bit state the other.
+            moved = weight_bytes + state_bytes(ours_state)
+            label = f"{dtype_name}, {'double quant' if dq else 'plain'}"
+            for name, (ours, theirs) in ((f"quantise ({label})", t_q), (f"dequantise ({label})", t_d)):
+                worst = max(worst, ours / theirs)
+                print(
+                    f"{name:<36} | {ours * 1e3:>7.1f} ms | {theirs * 1e3:>9.1f} ms | {ours / theirs:>5.2f}x | "
+                    f"{moved / 1e6:>8.1f} | {_gbps(moved, ours):>8.2f} ({_gbps(moved, ours) / copy_gbps:>6.1%})"
+                    f"       | {_gbps(moved, theirs):>6.2f} ({_gbps(moved, theirs) / copy_gbps:>6.1%})"
+                )
+    print(f"worst ratio {worst:.2f}x (target <= 1.0x); bit-identical results checked before timing")
     if args.no_errors:
         return 0
 
