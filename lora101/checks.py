@@ -158,32 +158,61 @@ def training_memory(fn) -> None:
     _close(got, reference_memory_gb(7e9, "qlora", 40e6), rel=1e-6, what="training_memory_gb(7e9, 'qlora', 40e6)")
 
 
-# ---------------------------------------------------------------- 2. a LoRA layer
+# ---------------------------------------------------------------- 2. a LoRA layer (float32 or bf16 base, rsLoRA)
 
 
-def _layer(cls, fin=20, fout=12, r=4, alpha=8.0, seed=0):
+def _scaling(r, alpha, use_rslora):
+    return alpha / (r**0.5 if use_rslora else r)
+
+
+def _build(cls, base, r, alpha, use_rslora):
+    # Only pass use_rslora when it is asked for, so that the plain tests do not depend on the keyword.
+    return cls(base, r, alpha, use_rslora=True) if use_rslora else cls(base, r, alpha)
+
+
+def _layer(cls, fin=20, fout=12, r=4, alpha=8.0, seed=0, use_rslora=False, dtype=torch.float32):
     torch.manual_seed(seed)
-    base = nn.Linear(fin, fout)
+    base = nn.Linear(fin, fout).to(dtype)
     w0 = base.weight.detach().clone()
-    layer = cls(base, r, alpha)
+    layer = _build(cls, base, r, alpha, use_rslora)
     return base, w0, layer
 
 
-def _reference(base: nn.Linear, layer, r, alpha):
+def _reference(base: nn.Linear, layer, r, alpha, use_rslora=False):
+    """lora101.lora.LoRALinear with the learner's A and B on a copy of the base: float32 adapter path, its
+    result cast to the base's dtype."""
     from lora101.lora import LoRALinear
 
-    ref_base = nn.Linear(base.in_features, base.out_features)
+    ref_base = nn.Linear(base.in_features, base.out_features).to(base.weight.dtype)
     ref_base.load_state_dict(base.state_dict())
-    ref = LoRALinear(ref_base, r, alpha)
+    ref = LoRALinear(ref_base, r, alpha, use_rslora=use_rslora)
     with torch.no_grad():
         ref.lora_A.copy_(layer.lora_A)
         ref.lora_B.copy_(layer.lora_B)
     return ref
 
 
-def lora_init(cls, fin=20, fout=12, r=4, alpha=8.0) -> None:
-    """Shapes (PEFT's convention), B zero, A not zero, base frozen, scaling alpha / r."""
-    base, w0, layer = _layer(cls, fin, fout, r, alpha)
+def _dtype_name(dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def _call(layer, x: torch.Tensor) -> torch.Tensor:
+    """layer(x), with PyTorch's dtype-mismatch error turned into a hint."""
+    try:
+        return layer(x)
+    except RuntimeError as e:
+        if "dtype" not in str(e) and "BFloat16" not in str(e):
+            raise
+        raise AssertionError(
+            f"forward on a {_dtype_name(x.dtype)} input failed ({str(e).splitlines()[0]}): compute the adapter path "
+            "in float32 (x.float() @ A.T @ B.T) and cast its result to the dtype of base(x)"
+        ) from e
+
+
+def lora_init(cls, fin=20, fout=12, r=4, alpha=8.0, use_rslora=False, dtype=torch.float32) -> None:
+    """Shapes (PEFT's convention), B zero, A not zero, float32 adapter, base frozen, scaling alpha / r (or
+    alpha / sqrt(r) with ``use_rslora=True``)."""
+    base, w0, layer = _layer(cls, fin, fout, r, alpha, use_rslora=use_rslora, dtype=dtype)
     for name in ("lora_A", "lora_B"):
         assert isinstance(getattr(layer, name, None), nn.Parameter), f"{name} should be an nn.Parameter (trainable)"
     A, B = layer.lora_A, layer.lora_B
@@ -191,57 +220,111 @@ def lora_init(cls, fin=20, fout=12, r=4, alpha=8.0) -> None:
         f"lora_A has shape {tuple(A.shape)}; expected (r, in_features) = {(r, fin)}: A maps the input down to r"
     )
     assert tuple(B.shape) == (fout, r), f"lora_B has shape {tuple(B.shape)}; expected (out_features, r) = {(fout, r)}"
+    assert A.dtype == torch.float32 and B.dtype == torch.float32, (
+        f"lora_A is {_dtype_name(A.dtype)} and lora_B {_dtype_name(B.dtype)} on a {_dtype_name(dtype)} base: the "
+        "adapter is created in float32 whatever the base's dtype (bf16 keeps 8 significant bits, so small "
+        "optimizer steps on bf16 weights round away)"
+    )
     assert torch.count_nonzero(B.detach()) == 0, "lora_B must start at zero, so that a new adapter changes nothing"
     assert torch.count_nonzero(A.detach()) > 0, "lora_A must not start at zero: with A = B = 0 no gradient reaches B"
     assert A.requires_grad and B.requires_grad, "A and B are what trains: they need requires_grad=True"
     assert not base.weight.requires_grad, "the base weight must be frozen (requires_grad=False)"
     assert not _isclose(float(layer.scaling), r / alpha), "scaling is alpha / r, not r / alpha"
-    _close(float(layer.scaling), alpha / r, what=f"scaling for r={r}, alpha={alpha}")
-    x = torch.randn(3, fin)
+    want = _scaling(r, alpha, use_rslora)
+    if use_rslora:
+        assert not _isclose(float(layer.scaling), alpha / r), (
+            f"use_rslora=True asks for rsLoRA's scaling alpha / sqrt(r) = {want:g}, not the plain alpha / r"
+        )
+    else:
+        assert not _isclose(float(layer.scaling), alpha / r**0.5), (
+            "without use_rslora the scaling is the plain alpha / r; alpha / sqrt(r) only when use_rslora=True"
+        )
+    _close(float(layer.scaling), want, what=f"scaling for r={r}, alpha={alpha}, use_rslora={use_rslora}")
+    x = torch.randn(3, fin).to(dtype)
     with torch.no_grad():
-        assert torch.allclose(layer(x), base(x), atol=1e-6), "with B = 0 the layer's output must equal the base's"
+        got = _call(layer, x)
+        assert got.dtype == dtype, f"a {_dtype_name(dtype)} input on a {_dtype_name(dtype)} base gave {_dtype_name(got.dtype)}"
+        assert torch.allclose(got.float(), base(x).float(), atol=1e-6), "with B = 0 the layer's output must equal the base's"
 
 
-def lora_forward(cls, fin=20, fout=12, r=4, alpha=8.0, batch_shape=(3,)) -> None:
-    """With a non-zero B, forward equals base(x) + scaling * x A^T B^T (lora101.lora.LoRALinear's output)."""
-    base, _, layer = _layer(cls, fin, fout, r, alpha)
+def _bf16_tolerance(want: torch.Tensor) -> float:
+    # A few units in the last place of bf16 (8 significant bits) at the size of the outputs.
+    return 4 * 2.0**-8 * float(want.float().abs().max()) + 1e-6
+
+
+def lora_forward(cls, fin=20, fout=12, r=4, alpha=8.0, batch_shape=(3,), use_rslora=False, dtype=torch.float32) -> None:
+    """With a non-zero B, forward equals base(x) + scaling * x A^T B^T (lora101.lora.LoRALinear's output), in
+    the base's dtype."""
+    base, _, layer = _layer(cls, fin, fout, r, alpha, use_rslora=use_rslora, dtype=dtype)
     with torch.no_grad():
         layer.lora_B.normal_()  # a trained adapter: B no longer zero
-    ref = _reference(base, layer, r, alpha)
-    x = torch.randn(*batch_shape, fin)
+    ref = _reference(base, layer, r, alpha, use_rslora)
+    x = torch.randn(*batch_shape, fin).to(dtype)
     with torch.no_grad():
-        got, want = layer(x), ref(x)
+        got, want = _call(layer, x), ref(x)
         assert tuple(got.shape) == tuple(want.shape), f"output shape {tuple(got.shape)}, expected {tuple(want.shape)}"
-        unscaled = base(x) + x @ layer.lora_A.T @ layer.lora_B.T
-        assert not (alpha != r and torch.allclose(got, unscaled, atol=1e-5)), "the adapter's output must be scaled by alpha / r"
-        assert torch.allclose(got, want, atol=1e-5), (
-            f"forward differs from base(x) + (alpha/r) * x @ A.T @ B.T by up to {(got - want).abs().max():.3g}"
+        assert got.dtype == want.dtype, (
+            f"on a {_dtype_name(dtype)} base the output should be {_dtype_name(want.dtype)} (the next layer expects "
+            f"it), got {_dtype_name(got.dtype)}: cast the float32 adapter path back before adding it"
+        )
+        atol = 1e-5 if dtype == torch.float32 else _bf16_tolerance(want)
+        s = _scaling(r, alpha, use_rslora)
+        unscaled = base(x).float() + x.float() @ layer.lora_A.T @ layer.lora_B.T
+        assert not (s != 1 and torch.allclose(got.float(), unscaled, atol=atol)), "the adapter's output must be scaled"
+        if use_rslora:
+            plain = base(x).float() + (alpha / r) * (x.float() @ layer.lora_A.T @ layer.lora_B.T)
+            assert not torch.allclose(got.float(), plain, atol=atol), "use_rslora=True: scale by alpha / sqrt(r), not alpha / r"
+        diff = (got.float() - want.float()).abs().max()
+        assert diff <= atol, (
+            f"forward differs from base(x) + scaling * x @ A.T @ B.T by up to {diff:.3g} (allowed {atol:.2g})"
         )
 
 
-def lora_merge(cls, fin=20, fout=12, r=4, alpha=8.0) -> None:
-    """merge() folds scaling * B @ A into the weight (same outputs, merged=True); unmerge() restores it."""
-    base, w0, layer = _layer(cls, fin, fout, r, alpha)
+def lora_merge(cls, fin=20, fout=12, r=4, alpha=8.0, use_rslora=False, dtype=torch.float32) -> None:
+    """merge() folds scaling * B @ A into the weight (same outputs, merged=True, the weight's dtype kept);
+    unmerge() restores the original weight bit for bit, also on a bf16 base."""
+    base, w0, layer = _layer(cls, fin, fout, r, alpha, use_rslora=use_rslora, dtype=dtype)
     with torch.no_grad():
         layer.lora_B.normal_()
-    x = torch.randn(5, fin)
+    x = torch.randn(5, fin).to(dtype)
+    s = _scaling(r, alpha, use_rslora)
     with torch.no_grad():
-        before = layer(x)
+        before = _call(layer, x)
+        delta = s * layer.lora_B.detach().double() @ layer.lora_A.detach().double()
         layer.merge()
         assert getattr(layer, "merged", None) is True, "after merge(), layer.merged should be True"
-        want_w = w0 + (alpha / r) * layer.lora_B @ layer.lora_A
-        assert torch.allclose(base.weight, want_w, atol=1e-5), (
-            "after merge() the base weight should be W + (alpha/r) * B @ A"
-            + (" (the scaling is missing)" if torch.allclose(base.weight, w0 + layer.lora_B @ layer.lora_A, atol=1e-5) else "")
+        assert base.weight.dtype == dtype, (
+            f"merge() turned the {_dtype_name(dtype)} weight into {_dtype_name(base.weight.dtype)}: the layers "
+            f"around it still compute in {_dtype_name(dtype)}; round the merged weight back to its own dtype"
         )
+        exact = w0.double() + delta
+        rtol = 1e-5 if dtype == torch.float32 else 2.0**-7  # one unit in bf16's last place: any fair rounding
+        ok = ((base.weight.double() - exact).abs() <= rtol * exact.abs() + 1e-6).all()
+        unscaled = ((base.weight.double() - (w0.double() + delta / s)).abs() <= rtol * exact.abs() + 1e-6).all()
+        assert ok, "after merge() the base weight should be W + scaling * B @ A" + (
+            " (the scaling is missing)" if unscaled and s != 1 else ""
+        )
+        merged_weight = base.weight.detach().clone()
         after = layer(x)
-        assert torch.allclose(after, before, atol=1e-5), (
+        atol = 1e-5 if dtype == torch.float32 else 2 * _bf16_tolerance(before)
+        assert (after.float() - before.float()).abs().max() <= atol, (
             "merged forward differs from the unmerged one: once merged, the adapter must not be added again"
         )
         layer.unmerge()
         assert getattr(layer, "merged", None) is False, "after unmerge(), layer.merged should be False"
-        assert torch.allclose(base.weight, w0, atol=1e-6), "unmerge() should restore the original weight"
-        assert torch.allclose(layer(x), before, atol=1e-5), "after unmerge() the forward should be as before"
+        assert base.weight.dtype == dtype, f"unmerge() changed the weight's dtype to {_dtype_name(base.weight.dtype)}"
+        wrong = (base.weight != w0).sum().item()
+        off = (base.weight.float() - w0.float()).abs().max().item()
+        if torch.equal(base.weight, merged_weight):
+            raise AssertionError("unmerge() left the merged weight in place: it should restore the original weight")
+        why = f" (by up to {off:.2g}): W + d is rounded to the weight's precision, so subtracting d again does not give W"
+        if dtype != torch.float32:
+            why += f" back ({_dtype_name(dtype)} keeps only 8 significant bits)"
+        why += "; keep what you need to restore it at merge()"
+        assert wrong == 0, (
+            f"unmerge() should restore the original weight bit for bit; {wrong} of {w0.numel()} entries differ{why}"
+        )
+        assert torch.allclose(layer(x).float(), before.float(), atol=1e-6), "after unmerge() the forward should be as before"
 
 
 # ---------------------------------------------------------------- 3. NF4
@@ -258,10 +341,18 @@ def reference_absmax(w: torch.Tensor, blocksize: int) -> torch.Tensor:
 
 
 def reference_codes(w: torch.Tensor, blocksize: int) -> torch.Tensor:
+    """Nearest NF4 value to w / absmax; ties to the lower index (argmin's first); an all-zero block -> code 7."""
     code = torch.tensor(NF4_CODE)
     flat = w.reshape(-1).float()
     scale = reference_absmax(w, blocksize).repeat_interleave(blocksize)[: flat.numel()]
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)  # 0 / 0 would be NaN; the values are 0 anyway
     return (flat / scale).unsqueeze(1).sub(code).abs().argmin(1).to(torch.uint8)
+
+
+ZERO_CODE = 7  # the index of NF4's exact 0.0
+
+# Values exactly halfway between two neighbouring NF4 values (in float32), and the lower index each rounds to.
+NF4_TIES = {(NF4_CODE[i] + NF4_CODE[i + 1]) / 2: i for i in (2, 6, 7, 9, 11, 13)}
 
 
 def absmax_blocks(fn) -> None:
@@ -275,6 +366,10 @@ def absmax_blocks(fn) -> None:
     got = fn(w, 64)
     assert got.numel() == 4, f"202 values in blocks of 64: 3 full blocks and a partial one, 4 constants; got {got.numel()}"
     assert torch.allclose(got.reshape(-1).float(), reference_absmax(w, 64)), "the partial last block gets its own absmax"
+    assert got.dtype == torch.float32, f"return float32 constants, got {got.dtype}"
+    w = torch.cat([_gauss(64), torch.zeros(64), _gauss(64, seed=3)])
+    got = fn(w, 64)
+    assert got.reshape(-1).tolist()[1] == 0.0, "an all-zero block's absmax is 0"
 
 
 def nf4_codes(fn) -> None:
@@ -283,9 +378,29 @@ def nf4_codes(fn) -> None:
     got = fn(w, 64)
     assert isinstance(got, torch.Tensor) and got.numel() == w.numel(), "one code per weight, as a tensor"
     assert int(got.min()) >= 0 and int(got.max()) <= 15, "codes are indices 0..15 into the NF4 code"
+    assert got.dtype == torch.uint8, (
+        f"codes should be a uint8 tensor, got {got.dtype}: a code takes 4 bits, and {got.dtype} would spend "
+        f"{torch.empty(0, dtype=got.dtype).element_size() * 8} bits on each (argmin gives int64: convert it)"
+    )
     want = reference_codes(w, 64)
     bad = (got.reshape(-1).to(torch.int64) != want.to(torch.int64)).sum().item()
     assert bad == 0, f"{bad} of {w.numel()} codes differ from the nearest NF4 value to w / absmax (its block's)"
+    # Exact ties: a block whose absmax is 1, holding values exactly halfway between two NF4 values.
+    ties = list(NF4_TIES)
+    w = torch.tensor([1.0] + ties + [0.0] * (64 - 1 - len(ties)))
+    got = fn(w, 64).reshape(-1)[1 : 1 + len(ties)].to(torch.int64).tolist()
+    want = list(NF4_TIES.values())
+    assert got == want, (
+        f"values exactly halfway between two NF4 values {[round(t, 4) for t in ties]} got codes {got}; "
+        f"a tie goes to the lower index (as argmin and bitsandbytes do): {want}"
+    )
+    # An all-zero block: absmax 0, and 0 / 0 is NaN.
+    w = torch.cat([_gauss(64), torch.zeros(64)])
+    got = fn(w, 64).reshape(-1)[64:].to(torch.int64)
+    assert (got == ZERO_CODE).all(), (
+        f"an all-zero block got codes {sorted(set(got.tolist()))}; its values are 0.0, whose index is {ZERO_CODE} "
+        "(dividing by its absmax of 0 gives NaN: treat that block's scale as 1, or any non-zero number)"
+    )
 
 
 def pack_nibbles(fn) -> None:
@@ -309,6 +424,7 @@ def dequantize(fn, quantize) -> None:
     code = torch.tensor(NF4_CODE)
     want = code[reference_codes(w, 64).long()] * reference_absmax(w, 64).repeat_interleave(64)[: w.numel()]
     assert torch.allclose(got.reshape(-1).float(), want, atol=1e-7), "each value is NF4_CODE[code] * absmax of its block"
+    assert got.dtype == torch.float32, f"return float32 values, got {got.dtype}"
 
 
 def bits_per_param(fn) -> None:
@@ -336,16 +452,42 @@ def bnb_config(cfg) -> None:
     )
 
 
-def lora_config(cfg, r=16, alpha=32, dropout=0.05, targets=("q_proj", "k_proj", "v_proj", "o_proj")) -> None:
-    """A peft.LoraConfig with the stated rank, alpha, dropout, attention targets and task type."""
+def _smollm2_module_names() -> list[str]:
+    """The full names of SmolLM2's linear layers, as PEFT matches ``target_modules`` against them."""
+    attn = [f"model.layers.{i}.self_attn.{p}_proj" for i in range(SMOLLM2_SHAPE["layers"]) for p in "qkvo"]
+    mlp = [f"model.layers.{i}.mlp.{p}_proj" for i in range(SMOLLM2_SHAPE["layers"]) for p in ("gate", "up", "down")]
+    return attn + mlp + ["lm_head"]
+
+
+def lora_config(cfg, r=16, scaling=4.0, dropout=0.05, targets=("q_proj", "k_proj", "v_proj", "o_proj")) -> None:
+    """A peft.LoraConfig with the stated rank, rsLoRA scaling, dropout, attention targets and task type.
+    ``target_modules`` may be a list or set of names or a regular expression: it is judged by the modules of
+    SmolLM2 that PEFT would adapt with it."""
     from peft import LoraConfig
+    from peft.tuners.tuners_utils import check_target_module_exists
 
     assert isinstance(cfg, LoraConfig), f"return a peft.LoraConfig, got {type(cfg).__name__}"
     assert cfg.r == r, f"r = {cfg.r}, the constraint says {r}"
-    assert cfg.lora_alpha == alpha, f"lora_alpha = {cfg.lora_alpha}: scaling alpha/r = 2 needs alpha = {alpha}"
+    assert cfg.use_rslora, "the constraint asks for rsLoRA's scaling alpha / sqrt(r): set use_rslora=True"
+    want_alpha = scaling * r**0.5
+    assert not _isclose(cfg.lora_alpha, scaling * r), (
+        f"lora_alpha = {cfg.lora_alpha:g} is plain LoRA's arithmetic (alpha / r = {scaling:g}); with rsLoRA the "
+        f"scaling is alpha / sqrt(r) = {cfg.lora_alpha / r**0.5:g}, so a scaling of {scaling:g} needs alpha = {want_alpha:g}"
+    )
+    assert _isclose(cfg.lora_alpha, want_alpha), (
+        f"lora_alpha = {cfg.lora_alpha:g} gives an rsLoRA scaling alpha / sqrt(r) of {cfg.lora_alpha / r**0.5:g}, "
+        f"not {scaling:g}"
+    )
     assert _isclose(cfg.lora_dropout, dropout), f"lora_dropout = {cfg.lora_dropout}, expected {dropout}"
-    got = set(cfg.target_modules) if not isinstance(cfg.target_modules, str) else {cfg.target_modules}
-    assert got == set(targets), f"target_modules {sorted(got)}: all four attention projections, {list(targets)}"
+    names = _smollm2_module_names()
+    adapted = [n for n in names if check_target_module_exists(cfg, n)]
+    want = [n for n in names if n.rsplit(".", 1)[-1] in targets and ".self_attn." in n]
+    kinds = sorted({n.rsplit(".", 1)[-1] for n in adapted})
+    assert adapted == want, (
+        f"target_modules={cfg.target_modules!r} adapts {len(adapted)} of SmolLM2's linear layers ({kinds}); the "
+        f"constraint is the four attention projections {list(targets)} of every block ({len(want)} layers)"
+        + ("; a single string is a regular expression over the whole module name" if isinstance(cfg.target_modules, str) else "")
+    )
     assert str(getattr(cfg.task_type, "value", cfg.task_type)) == "CAUSAL_LM", "task_type should be CAUSAL_LM"
     assert cfg.bias == "none", "train no biases (bias='none'): SmolLM2's projections have none anyway"
 
@@ -385,7 +527,7 @@ def reference_route(c: dict) -> str:
 
 
 def route_cases() -> list[dict]:
-    """Constraint sets that walk every branch of the path (seed 002's 12 GB example among them)."""
+    """Constraint sets that walk every branch of the path (a 7B model on a 12 GB GPU among them: QLoRA)."""
     base = dict(prompting_good_enough=False, task_boundary_clear=True, n_params=7e9, gpu_memory_gb=12,
                 want_full_capacity=False)  # fmt: skip
     cases = [

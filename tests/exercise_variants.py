@@ -11,15 +11,12 @@ from __future__ import annotations
 
 # ------------------------------------------------------------------ 2: a LoRA layer, as knobs on one template
 LAYER = '''
-import torch.nn.functional as F
-
-
 class LoRALayer(nn.Module):
-    def __init__(self, base, r, alpha):
+    def __init__(self, base, r, alpha, use_rslora=False):
         super().__init__()
         self.base = base
         {freeze}
-        self.lora_A = nn.Parameter(torch.empty({a_shape}))
+        self.lora_A = nn.Parameter(torch.empty({a_shape}, dtype={adapter_dtype}))
         self.lora_B = nn.Parameter({b_init})
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.scaling = {scaling}
@@ -29,14 +26,17 @@ class LoRALayer(nn.Module):
         y = self.base(x)
         if self.merged{merged_guard}:
             return y
-        return y + {adapter}
+        return y + ({adapter}){cast}
 
     def merge(self):
+        w = self.base.weight
         with torch.no_grad():
-            self.base.weight += {delta}
+            self.saved = w.detach().clone()
+            {merge}
         self.merged = True
 
     def unmerge(self):
+        w = self.base.weight
         with torch.no_grad():
             {unmerge}
         self.merged = False
@@ -44,12 +44,14 @@ class LoRALayer(nn.Module):
 GOOD = dict(
     freeze="base.weight.requires_grad_(False); base.bias.requires_grad_(False)",
     a_shape="r, base.in_features",
+    adapter_dtype="torch.float32",
     b_init="torch.zeros(base.out_features, r)",
-    scaling="alpha / r",
+    scaling="alpha / math.sqrt(r) if use_rslora else alpha / r",
     merged_guard="",
-    adapter="self.scaling * (x @ self.lora_A.T @ self.lora_B.T)",
-    delta="self.scaling * self.lora_B @ self.lora_A",
-    unmerge="self.base.weight -= self.scaling * self.lora_B @ self.lora_A",
+    adapter="self.scaling * (x.float() @ self.lora_A.T @ self.lora_B.T)",
+    cast=".to(y.dtype)",
+    merge="w.copy_(w.float() + self.scaling * self.lora_B @ self.lora_A)",
+    unmerge="w.copy_(self.saved)",
 )
 
 
@@ -57,53 +59,64 @@ def layer(**changes) -> str:
     return LAYER.format(**{**GOOD, **changes})
 
 
-LAYER_F_LINEAR = '''
+# Lesson 2's layer, given the float32 adapter and the dtype casts: merge adds, unmerge subtracts.
+SUBTRACTS = dict(unmerge="w.copy_(w.float() - self.scaling * self.lora_B @ self.lora_A)")
+
+LAYER_RESIDUE = '''
 import torch.nn.functional as F
 
 
 class LoRALayer(nn.Module):
-    """Alternative: adapter weights kept as nn.Linear-shaped parameters, F.linear everywhere."""
+    """Alternative: F.linear everywhere, scaling as a property, and the float64 difference between the
+    original and the merged weight kept instead of a copy (exact for weights of ordinary sizes)."""
 
-    def __init__(self, base, r, alpha):
+    def __init__(self, base, r, alpha, use_rslora=False):
         super().__init__()
         self.base = base.requires_grad_(False)
-        a = nn.Linear(base.in_features, r, bias=False)  # its default init is Kaiming uniform, a=sqrt(5)
+        a = nn.Linear(base.in_features, r, bias=False)  # its default init is Kaiming uniform, a=sqrt(5), float32
         self.lora_A = nn.Parameter(a.weight.detach().clone())
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, r))
-        self.r, self.alpha = r, alpha
+        self.r, self.alpha, self.rs = r, alpha, use_rslora
         self.merged = False
 
     @property
     def scaling(self):
-        return self.alpha / self.r
+        return self.alpha / (self.r ** 0.5 if self.rs else self.r)
 
     def forward(self, x):
+        out = self.base(x)
         if self.merged:
-            return self.base(x)
-        return self.base(x) + F.linear(F.linear(x, self.lora_A), self.lora_B) * self.scaling
+            return out
+        return out + F.linear(F.linear(x.to(torch.float32), self.lora_A), self.lora_B).mul(self.scaling).to(out.dtype)
 
     def merge(self):
-        self.base.weight.data.add_(self.scaling * torch.mm(self.lora_B, self.lora_A))
+        w = self.base.weight.data
+        original = w.double()
+        w.copy_(w.float() + self.scaling * torch.mm(self.lora_B, self.lora_A))
+        self.residue = original - w.double()
         self.merged = True
 
     def unmerge(self):
-        self.base.weight.data.sub_(self.scaling * torch.mm(self.lora_B, self.lora_A))
+        w = self.base.weight.data
+        w.copy_(w.double() + self.residue)
         self.merged = False
 '''
 
 LAYER_DELTA = '''
 class LoRALayer(nn.Module):
-    """Alternative: forward through the effective weight W + s B A; einsum for the delta."""
+    """Alternative: forward through the effective weight W + s B A in float32; the original weight kept on the
+    CPU while merged; einsum for the delta."""
 
-    def __init__(self, base, r, alpha):
+    def __init__(self, base, r, alpha, use_rslora=False):
         super().__init__()
         self.base = base
         for p in self.base.parameters():
             p.requires_grad = False
         self.lora_A = nn.Parameter(nn.init.kaiming_uniform_(torch.empty(r, base.in_features), a=5 ** 0.5))
         self.lora_B = nn.Parameter(torch.zeros((base.out_features, r)))
-        self.scaling = float(alpha) / float(r)
+        self.scaling = float(alpha) / (float(r) ** 0.5 if use_rslora else float(r))
         self.merged = False
+        self._keep = None
 
     def delta(self):
         return torch.einsum("or,ri->oi", self.lora_B, self.lora_A) * self.scaling
@@ -111,18 +124,21 @@ class LoRALayer(nn.Module):
     def forward(self, x):
         if self.merged:
             return self.base(x)
-        return torch.nn.functional.linear(x, self.base.weight + self.delta(), self.base.bias)
+        w, b = self.base.weight.float() + self.delta(), self.base.bias
+        return torch.nn.functional.linear(x.float(), w, None if b is None else b.float()).to(x.dtype)
 
     def merge(self):
         if not self.merged:
             with torch.no_grad():
-                self.base.weight.copy_(self.base.weight + self.delta())
+                self._keep = self.base.weight.detach().to("cpu", copy=True)
+                self.base.weight.copy_((self.base.weight.float() + self.delta()).to(self.base.weight.dtype))
             self.merged = True
 
     def unmerge(self):
         if self.merged:
             with torch.no_grad():
-                self.base.weight.copy_(self.base.weight - self.delta())
+                self.base.weight.copy_(self._keep)
+            self._keep = None
             self.merged = False
 '''
 
@@ -216,34 +232,44 @@ VARIANTS: dict[str, dict[str, dict]] = {
             "wrong": {
                 "B_random": layer(b_init="torch.randn(base.out_features, r) * 0.01"),
                 "scaling_inverted": layer(scaling="r / alpha"),
-                "A_transposed": layer(a_shape="base.in_features, r", adapter="self.scaling * (x @ self.lora_A @ self.lora_B.T)",
-                                      delta="self.scaling * (self.lora_A @ self.lora_B.T).T",
-                                      unmerge="self.base.weight -= self.scaling * (self.lora_A @ self.lora_B.T).T"),
+                "A_transposed": layer(a_shape="base.in_features, r",
+                                      adapter="self.scaling * (x.float() @ self.lora_A @ self.lora_B.T)",
+                                      merge="w.copy_(w.float() + self.scaling * (self.lora_A @ self.lora_B.T).T)"),
                 "base_not_frozen": layer(freeze="pass"),
-                "A_zero": layer(a_shape="r, base.in_features").replace(
-                    "nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))", "nn.init.zeros_(self.lora_A)"),
+                "A_zero": layer().replace("nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))", "nn.init.zeros_(self.lora_A)"),
+                "rslora_ignored": layer(scaling="alpha / r"),
+                "rslora_always": layer(scaling="alpha / math.sqrt(r)"),
+                "adapter_in_base_dtype": layer(adapter_dtype="base.weight.dtype",
+                                               b_init="torch.zeros(base.out_features, r, dtype=base.weight.dtype)",
+                                               adapter="self.scaling * (x @ self.lora_A.T @ self.lora_B.T)"),
             },
-            "right": {"f_linear": LAYER_F_LINEAR, "effective_weight": LAYER_DELTA},
+            "right": {"residue": LAYER_RESIDUE, "effective_weight": LAYER_DELTA},
         },
         "test_forward": {
             "answer": "answer_layer",
             "wrong": {
-                "no_scaling": layer(adapter="x @ self.lora_A.T @ self.lora_B.T"),
-                "no_adapter": layer(adapter="0"),
+                "no_scaling": layer(adapter="x.float() @ self.lora_A.T @ self.lora_B.T"),
+                "no_adapter": layer(adapter="0 * (x.float() @ self.lora_A.T @ self.lora_B.T)"),
                 "scaling_inverted": layer(scaling="r / alpha"),
-                "B_A_order": layer(adapter="self.scaling * (x @ (self.lora_A.T @ self.lora_B.T).T.T.T)"),
+                "B_A_order": layer(adapter="self.scaling * (x.float() @ (self.lora_A.T @ self.lora_B.T).T.T.T)"),
+                "rslora_ignored": layer(scaling="alpha / r"),
+                "no_float_cast": layer(adapter="self.scaling * (x @ self.lora_A.T @ self.lora_B.T)"),
+                "float32_output": layer(cast=""),
             },
-            "right": {"f_linear": LAYER_F_LINEAR, "effective_weight": LAYER_DELTA},
+            "right": {"residue": LAYER_RESIDUE, "effective_weight": LAYER_DELTA},
         },
         "test_merge": {
             "answer": "answer_layer",
             "wrong": {
-                "merge_unscaled": layer(delta="self.lora_B @ self.lora_A",
-                                        unmerge="self.base.weight -= self.lora_B @ self.lora_A"),
+                "merge_unscaled": layer(merge="w.copy_(w.float() + self.lora_B @ self.lora_A)"),
                 "adds_twice": layer(merged_guard=" and False"),
                 "unmerge_flag_only": layer(unmerge="pass"),
+                "unmerge_subtracts": layer(**SUBTRACTS),
+                "merge_upcasts": layer(merge="self.base.weight = nn.Parameter(w.float() + self.scaling * self.lora_B @ self.lora_A, "
+                                             "requires_grad=False)", unmerge="self.base.weight = nn.Parameter(self.saved, requires_grad=False)"),
             },
-            "right": {"f_linear": LAYER_F_LINEAR, "effective_weight": LAYER_DELTA},
+            "right": {"residue": LAYER_RESIDUE, "effective_weight": LAYER_DELTA,
+                      "in_place_add": layer(merge="w += self.scaling * self.lora_B @ self.lora_A")},
         },
     },
     "03_nf4": {
@@ -276,14 +302,27 @@ VARIANTS: dict[str, dict[str, dict]] = {
                 "linear_int4": "+def nf4_codes(w, blocksize):\n    flat = w.reshape(-1).float()\n"
                 "    scale = absmax_blocks(w, blocksize).repeat_interleave(blocksize)[: flat.numel()]\n"
                 "    return ((flat / scale + 1) * 7.5).round().to(torch.uint8)",
+                "int64_codes": "+def nf4_codes(w, blocksize):\n    flat = w.reshape(-1).float()\n"
+                "    scale = absmax_blocks(w, blocksize).repeat_interleave(blocksize)[: flat.numel()]\n"
+                "    scale = torch.where(scale == 0, torch.ones_like(scale), scale)\n"
+                "    return (flat / scale).unsqueeze(1).sub(CODE).abs().argmin(dim=1)",
+                "ties_round_up": "+def nf4_codes(w, blocksize):\n    flat = w.reshape(-1).float()\n"
+                "    scale = absmax_blocks(w, blocksize).repeat_interleave(blocksize)[: flat.numel()]\n"
+                "    scale = torch.where(scale == 0, torch.ones_like(scale), scale)\n"
+                "    return (15 - (flat / scale).unsqueeze(1).sub(CODE.flip(0)).abs().argmin(dim=1)).to(torch.uint8)",
+                "zero_block_nan": "+def nf4_codes(w, blocksize):\n    flat = w.reshape(-1).float()\n"
+                "    scale = absmax_blocks(w, blocksize).repeat_interleave(blocksize)[: flat.numel()]\n"
+                "    return (flat / scale).unsqueeze(1).sub(CODE).abs().argmin(dim=1).to(torch.uint8)",
             },
             "right": {
                 "midpoints": "+def nf4_codes(w, blocksize):\n    flat = w.reshape(-1).float()\n"
                 "    scale = absmax_blocks(w, blocksize).repeat_interleave(blocksize)[: flat.numel()]\n"
+                "    scale = scale.clamp_min(torch.finfo(torch.float32).tiny)  # 0 / tiny = 0\n"
                 "    return torch.bucketize(flat / scale, (CODE[1:] + CODE[:-1]) / 2).to(torch.uint8)",
                 "per_block_loop": "+def nf4_codes(w, blocksize):\n    flat = w.reshape(-1).float()\n    out = []\n"
                 "    for i in range(0, flat.numel(), blocksize):\n        block = flat[i:i + blocksize]\n"
-                "        x = block / block.abs().max()\n        out.append(torch.argmin((x[:, None] - CODE[None, :]).abs(), dim=1))\n"
+                "        m = block.abs().max()\n        x = block / m if m > 0 else block\n"
+                "        out.append(torch.argmin((x[:, None] - CODE[None, :]).abs(), dim=1))\n"
                 "    return torch.cat(out).to(torch.uint8)",
             },
         },
@@ -371,21 +410,28 @@ VARIANTS: dict[str, dict[str, dict]] = {
         "test_lora": {
             "answer": "answer_lora",
             "wrong": {
-                "alpha_equals_r": "+def make_lora_config():\n    return LoraConfig(r=16, lora_alpha=16, lora_dropout=0.05, bias='none',\n"
+                "plain_lora_scaling": "+def make_lora_config():\n    return LoraConfig(r=16, lora_alpha=64, lora_dropout=0.05, bias='none',\n"
                 "        task_type='CAUSAL_LM', target_modules=['q_proj', 'k_proj', 'v_proj', 'o_proj'])",
-                "q_v_only": "+def make_lora_config():\n    return LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, bias='none',\n"
-                "        task_type='CAUSAL_LM', target_modules=['q_proj', 'v_proj'])",
-                "rslora": "+def make_lora_config():\n    return LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, bias='none', use_rslora=True,\n"
-                "        task_type='CAUSAL_LM', target_modules=['q_proj', 'k_proj', 'v_proj', 'o_proj'])",
-                "seq_cls": "+def make_lora_config():\n    return LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, bias='none',\n"
-                "        task_type='SEQ_CLS', target_modules=['q_proj', 'k_proj', 'v_proj', 'o_proj'])",
+                "rslora_alpha_over_r": "+def make_lora_config():\n    return LoraConfig(r=16, lora_alpha=64, use_rslora=True, lora_dropout=0.05,\n"
+                "        bias='none', task_type='CAUSAL_LM', target_modules=['q_proj', 'k_proj', 'v_proj', 'o_proj'])",
+                "q_v_only": "+def make_lora_config():\n    return LoraConfig(r=16, lora_alpha=16, use_rslora=True, lora_dropout=0.05,\n"
+                "        bias='none', task_type='CAUSAL_LM', target_modules=['q_proj', 'v_proj'])",
+                "regex_all_projections": "+def make_lora_config():\n    return LoraConfig(r=16, lora_alpha=16, use_rslora=True, lora_dropout=0.05,\n"
+                "        bias='none', task_type='CAUSAL_LM', target_modules=r'.*_proj')",
+                "regex_not_whole_name": "+def make_lora_config():\n    return LoraConfig(r=16, lora_alpha=16, use_rslora=True, lora_dropout=0.05,\n"
+                "        bias='none', task_type='CAUSAL_LM', target_modules='(q|k|v|o)_proj')",
+                "seq_cls": "+def make_lora_config():\n    return LoraConfig(r=16, lora_alpha=16, use_rslora=True, lora_dropout=0.05,\n"
+                "        bias='none', task_type='SEQ_CLS', target_modules=['q_proj', 'k_proj', 'v_proj', 'o_proj'])",
             },
             "right": {
                 "task_type_enum_set": "+from peft import TaskType\ndef make_lora_config():\n"
-                "    return LoraConfig(task_type=TaskType.CAUSAL_LM, r=16, lora_alpha=2 * 16, lora_dropout=0.05,\n"
-                "                      target_modules={'o_proj', 'v_proj', 'k_proj', 'q_proj'})",
-                "from_dict": "+def make_lora_config():\n    kw = dict(r=16, lora_alpha=32, lora_dropout=0.05, bias='none', task_type='CAUSAL_LM')\n"
+                "    return LoraConfig(task_type=TaskType.CAUSAL_LM, r=16, lora_alpha=4 * 16 ** 0.5, use_rslora=True,\n"
+                "                      lora_dropout=0.05, target_modules={'o_proj', 'v_proj', 'k_proj', 'q_proj'})",
+                "from_dict": "+import math\ndef make_lora_config():\n    kw = dict(r=16, lora_dropout=0.05, bias='none', task_type='CAUSAL_LM', use_rslora=True)\n"
+                "    kw['lora_alpha'] = 4 * math.sqrt(kw['r'])\n"
                 "    kw['target_modules'] = [f'{p}_proj' for p in 'qkvo']\n    return LoraConfig(**kw)",
+                "regex": "+def make_lora_config():\n    return LoraConfig(r=16, lora_alpha=16, use_rslora=True, lora_dropout=0.05,\n"
+                "        task_type='CAUSAL_LM', target_modules=r'.*\\.self_attn\\.[qkvo]_proj')",
             },
         },
         "test_count": {
