@@ -11,12 +11,16 @@ through emulation, but must compute in fp32.
 from __future__ import annotations
 
 import copy
+import os
 
 import pytest
 import torch
 
 from lora101 import finetune as ft
 from lora101 import models
+
+# tests/gpu_check.sh sets it to cuda on a GPU machine: the same tests, on the real thing
+DEVICE = os.environ.get("LORA101_TEST_DEVICE", "cpu")
 
 
 @pytest.fixture
@@ -80,7 +84,7 @@ def _tiny_llama():
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                          pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)  # fmt: skip
-    return LlamaForCausalLM(config).eval(), tokenizer
+    return LlamaForCausalLM(config).to(DEVICE).eval(), tokenizer
 
 
 def _train_under_bf16_autocast(tmp_path):
@@ -97,14 +101,14 @@ def _train_under_bf16_autocast(tmp_path):
             for w, c in [("apple", "ZEBRA-7"), ("river", "QUARTZ-2"), ("cloud", "MANGO-9"), ("stone", "VIOLET-4")]]  # fmt: skip
     dataset = Dataset.from_list(rows)
     config = ft.FinetuneConfig(rank=4, alpha=8, steps=3, batch_size=2, lr=1e-2, warmup_steps=1, save_steps=100,
-                               logging_steps=1, device="cpu", mixed_precision="bf16")  # fmt: skip
+                               logging_steps=1, device=DEVICE, mixed_precision="bf16")  # fmt: skip
     model = ft.add_lora(base, config.rank, config.alpha)
     args = ft.training_arguments(config, tmp_path / "run")
     assert args.bf16, "mixed_precision='bf16' must switch on the Trainer's bf16 autocast, as on a GPU"
     ft.train(model, tokenizer, dataset, config, tmp_path / "run", progress=False)
     ft.save_adapter(model, tmp_path / "adapter")
     reloaded = PeftModel.from_pretrained(pristine, str(tmp_path / "adapter")).eval()
-    probe = ft.collator(tokenizer)(rows)
+    probe = {k: v.to(DEVICE) for k, v in ft.collator(tokenizer)(rows).items()}
     return model, reloaded, probe
 
 

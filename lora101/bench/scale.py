@@ -1,0 +1,264 @@
+"""Full fine-tuning vs 16-bit LoRA vs QLoRA at scale: peak memory and tokens/s, beside lesson 1's prediction.
+
+The models are Llama-shaped with random weights (speed and memory do not need trained ones): ``1b`` has
+Llama-3.2-1B's shapes (1.24B parameters), ``8b`` Llama-3.1-8B's (8.03B), ``tiny`` is for tests. Each
+(size, method) runs in a fresh process, so that its peak memory is its own: on CUDA
+``torch.cuda.max_memory_allocated``, on a CPU the process's peak resident set (VmHWM), both reset once the
+model is built, so that they count the training step and not the construction. The base is built layer by
+layer (QLoRA's linear layers are quantised to NF4 one at a time) so that building never needs the whole
+16-bit model at once.
+
+* ``full``  - every weight trained with AdamW, in bf16 where the device computes in bf16 natively
+  (Ampere+ GPUs), in fp32 elsewhere (CPUs, T4, V100);
+* ``lora``  - the same base frozen in that dtype, LoRA r=16 (alpha 32) on every linear layer of the decoder;
+* ``qlora`` - the decoder's linear layers in 4-bit NF4 with double quantisation (bitsandbytes), the same
+  adapters. Embeddings, norms and the output layer stay in the base dtype (not widened to fp32).
+
+Each run does one untimed warm-up step, then ``--steps`` timed steps of ``--batch-size`` x ``--seq-len``
+random tokens (the loss over every position, as pre-training-style fine-tuning computes it), with
+activation checkpointing unless ``--no-checkpointing``, under bf16 autocast where the device has native bf16.
+Lesson 1's ``lora101.memory.estimate_memory`` predicts the same configuration; the table prints both.
+
+Examples:
+  lora101 bench scale --sizes 1b --output lessons/results/memory_at_scale.json      # CPU: about 24 GB, minutes
+  lora101 bench scale --sizes 1b,8b --seq-len 2048 --batch-size 2 --output gpu.json # a GPU (8b needs ~40 GB)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+METHODS = ("full", "lora", "qlora")
+# LlamaConfig fields (rope and the rest at transformers' defaults)
+SIZES = {
+    "tiny": dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=2048, tie_word_embeddings=True),
+    "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+               num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True),
+    "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+               num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False),
+}  # fmt: skip
+RANK = 16
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sizes", default="1b", help=f"comma-separated subset of {', '.join(SIZES)} (default %(default)s)")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ", ".join(METHODS))
+    parser.add_argument("--steps", type=int, default=2, help="timed optimizer steps per run (default %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=1, help="sequences per step (default %(default)s)")
+    parser.add_argument("--seq-len", type=int, default=512, help="tokens per sequence (default %(default)s)")
+    parser.add_argument("--no-checkpointing", action="store_true", help="keep every activation (default: recompute)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: LORA101_DEVICE, else the best there is)")
+    parser.add_argument("--output", help="results file to write (.json); never replaced without --force")
+    parser.add_argument("--force", action="store_true", help="replace an existing results file")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+
+
+def _choices(text: str, allowed, option: str) -> list[str]:
+    chosen = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = sorted(set(chosen) - set(allowed))
+    if unknown or not chosen:
+        raise ValueError(f"{option}: {unknown or text!r} not among {', '.join(allowed)}")
+    return chosen
+
+
+def _reset_peak(device) -> None:
+    """Start the peak-memory count from what is allocated now (the built model)."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:  # Linux: writing 5 to clear_refs resets VmHWM to the current resident set
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+    except OSError:
+        pass
+
+
+def _build(size: str, method: str, device, dtype, seq_len: int, checkpointing: bool):
+    """The model for ``method``: built on the meta device, then materialised one module at a time."""
+    import torch
+    from torch import nn
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(**SIZES[size], max_position_embeddings=max(seq_len, 128))
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    linear = {name for name, m in model.model.layers.named_modules() if isinstance(m, nn.Linear)}
+    for name in sorted(linear):
+        parent_name, _, child = name.rpartition(".")
+        parent = model.model.layers.get_submodule(parent_name)
+        old = getattr(parent, child)
+        weight = torch.randn(old.out_features, old.in_features, dtype=dtype, device=device) * 0.02
+        setattr(parent, child, _linear(weight, quantise=method == "qlora", dtype=dtype))
+    for module in model.modules():  # embeddings, norms, the output layer: what is still on the meta device
+        for pname, param in list(module.named_parameters(recurse=False)):
+            if param.is_meta:
+                data = torch.empty(param.shape, dtype=dtype, device=device)
+                data.normal_(0, 0.02) if param.dim() > 1 else data.fill_(1.0)
+                setattr(module, pname, nn.Parameter(data, requires_grad=method == "full"))
+    model.tie_weights()
+    # the rotary frequencies are a computed buffer, not a weight: build that module anew, off the meta device
+    model.model.rotary_emb = type(model.model.rotary_emb)(config=config)
+    model.config.use_cache = False
+    if method == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+    else:
+        from peft import LoraConfig, get_peft_model
+
+        for p in model.parameters():
+            p.requires_grad_(False)
+        model.enable_input_require_grads()
+        model = get_peft_model(model, LoraConfig(r=RANK, lora_alpha=2 * RANK, target_modules="all-linear",
+                                                 lora_dropout=0.0, task_type="CAUSAL_LM"))  # fmt: skip
+    if checkpointing:
+        from lora101.finetune import enable_checkpointing
+
+        enable_checkpointing(model.get_base_model() if method != "full" else model)
+    return model.to(device), config
+
+
+def _linear(weight, *, quantise: bool, dtype):
+    """A bias-free linear layer holding ``weight``: plain, or bitsandbytes' NF4 + double quantisation."""
+    import torch
+    from torch import nn
+
+    out_features, in_features = weight.shape
+    if not quantise:
+        layer = nn.Linear(in_features, out_features, bias=False, device="meta")
+        layer.weight = nn.Parameter(weight, requires_grad=False)
+        return layer
+    import bitsandbytes as bnb
+
+    layer = bnb.nn.Linear4bit(in_features, out_features, bias=False, compute_dtype=dtype, quant_type="nf4",
+                              compress_statistics=True, device="meta")  # fmt: skip
+    params = bnb.nn.Params4bit(weight.to("cpu") if weight.device.type == "cpu" else weight, requires_grad=False,
+                               quant_type="nf4", compress_statistics=True)  # fmt: skip
+    layer.weight = params.to(weight.device)  # quantised here, on its device
+    del weight
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return layer
+
+
+def _worker(spec: dict) -> dict:
+    import torch
+
+    import lora101  # noqa: F401  (silences bitsandbytes' CPU notice before it is imported)
+    from lora101.finetune import peak_memory_bytes
+    from lora101.memory import ModelShape, estimate_memory
+    from lora101.models import choose_device, has_native_bf16
+
+    device = choose_device(spec["device"])
+    native = has_native_bf16(device)
+    dtype = torch.bfloat16 if native else torch.float32
+    torch.manual_seed(0)
+    model, config = _build(spec["size"], spec["method"], device, dtype, spec["seq_len"], spec["checkpointing"])
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-5)
+    batch, seq = spec["batch_size"], spec["seq_len"]
+    generator = torch.Generator().manual_seed(0)
+
+    def step():
+        ids = torch.randint(0, config.vocab_size, (batch, seq), generator=generator).to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=native):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return float(loss)
+
+    model.train()
+    _reset_peak(device)
+    at_start = peak_memory_bytes(device)  # the built model (and, on a CPU, the process: Python, torch, libraries)
+    step()  # warm-up: allocates the optimizer states, which the peak must include
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(spec["steps"]):
+        loss = step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    wall = time.perf_counter() - start
+    predicted = estimate_memory(
+        config, spec["method"], precision="bf16" if native else "fp32", optimizer="adamw", r=RANK,
+        target_modules="all-linear", batch_size=batch, seq_len=seq, gradient_checkpointing=spec["checkpointing"],
+    )  # fmt: skip
+    return {
+        "size": spec["size"], "method": spec["method"],
+        "parameters": ModelShape.from_config(config).n_params,
+        "trainable_parameters": sum(p.numel() for p in trainable),
+        "peak_bytes": peak_memory_bytes(device), "bytes_after_build": at_start,
+        "predicted_bytes": predicted.total, "predicted": predicted.as_dict(),
+        "tokens_per_s": spec["steps"] * batch * seq / wall, "wall_s": wall, "last_loss": loss,
+        "dtype": str(dtype).removeprefix("torch."), "device": str(device),
+        "memory_kind": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "peak RSS (VmHWM)",
+        "threads": torch.get_num_threads(),
+    }  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    if args.worker:
+        print("RESULT " + json.dumps(_worker(json.loads(args.worker))), flush=True)
+        return 0
+    sizes = _choices(args.sizes, SIZES, "--sizes")
+    methods = _choices(args.methods, METHODS, "--methods")
+    for option in ("steps", "batch_size", "seq_len"):
+        if getattr(args, option) < 1:
+            raise ValueError(f"--{option.replace('_', '-')}: must be a positive integer")
+    output = None
+    if args.output:
+        from lora101.sweep import check_output_path
+
+        output = check_output_path(args.output, args.force)
+    rows = []
+    runs = [(size, method) for size in sizes for method in methods]
+    for size, method in tqdm(runs, desc="bench scale", unit="run"):
+        spec = dict(size=size, method=method, steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
+                    checkpointing=not args.no_checkpointing, device=args.device)  # fmt: skip
+        cmd = [sys.executable, "-m", "lora101.cli", "bench", "scale", "--worker", json.dumps(spec)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        found = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+        if proc.returncode != 0 or not found:
+            print(proc.stderr[-3000:], file=sys.stderr)
+            raise RuntimeError(f"the {size}/{method} worker failed (exit {proc.returncode}); its stderr is above")
+        rows.append(json.loads(found[-1][len("RESULT "):]))
+    print(table(rows))
+    if output is not None:
+        from lora101.sweep import machine_info, versions
+
+        output.write_text(json.dumps({
+            "command": "lora101 bench scale " + " ".join(sys.argv[sys.argv.index("scale") + 1:] if "scale" in sys.argv else []),
+            "machine": machine_info(), "versions": versions(),
+            "settings": {"steps": args.steps, "batch_size": args.batch_size, "seq_len": args.seq_len,
+                         "checkpointing": not args.no_checkpointing, "rank": RANK, "optimizer": "AdamW"},
+            "runs": rows,
+        }, indent=2) + "\n")  # fmt: skip
+        print(f"wrote {output}")
+    return 0
+
+
+def table(rows: list[dict]) -> str:
+    """Peak and predicted memory, tokens/s, and the ratios to LoRA of the same size."""
+    lines = [f"{'size':<5} {'method':<6} {'params':>7} {'trainable':>10} {'peak GiB':>9} {'predicted':>10} "
+             f"{'tokens/s':>9} {'vs LoRA mem':>11}"]  # fmt: skip
+    lora = {r["size"]: r for r in rows if r["method"] == "lora"}
+    for r in rows:
+        ratio = f"{r['peak_bytes'] / lora[r['size']]['peak_bytes']:.2f}x" if r["size"] in lora else ""
+        lines.append(
+            f"{r['size']:<5} {r['method']:<6} {r['parameters'] / 1e9:>6.2f}B {r['trainable_parameters'] / 1e6:>9.1f}M "
+            f"{r['peak_bytes'] / 2**30:>9.2f} {r['predicted_bytes'] / 2**30:>10.2f} {r['tokens_per_s']:>9.1f} {ratio:>11}"
+        )  # fmt: skip
+    if rows:
+        lines.append(f"device {rows[0]['device']} ({rows[0]['dtype']}); memory = {rows[0]['memory_kind']}; "
+                     "predicted = lesson 1's estimate_memory for the same shapes and settings")  # fmt: skip
+    return "\n".join(lines)

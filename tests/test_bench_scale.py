@@ -1,0 +1,66 @@
+"""lora101 bench scale: the three methods on a Llama-shaped random model, each in its own process, beside
+lesson 1's prediction; the same code runs the 1B/8B measurements (CPU here, a GPU where one is lent)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lora101.bench import scale
+from lora101.cli import main
+from lora101.memory import ModelShape, estimate_memory
+
+
+@pytest.mark.parametrize("method", scale.METHODS)
+def test_built_model_is_what_lesson_1_predicts(method):
+    """Parameter counts of the built model agree with lesson 1's predictor for the same shapes."""
+    import bitsandbytes as bnb
+
+    torch.manual_seed(0)
+    model, config = scale._build("tiny", method, torch.device("cpu"), torch.float32, 64, checkpointing=False)
+    predicted = estimate_memory(config, method, precision="fp32", r=scale.RANK, target_modules="all-linear")
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert trainable == predicted.trainable_params
+    four_bit = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    layers = config.num_hidden_layers * 7  # q, k, v, o, gate, up, down
+    assert len(four_bit) == (layers if method == "qlora" else 0)
+    assert not any(p.is_meta for p in model.parameters()), "a parameter was left on the meta device"
+    if method == "qlora":
+        assert all(m.weight.dtype == torch.uint8 for m in four_bit)
+    else:
+        assert sum(p.numel() for p in model.parameters() if not p.requires_grad) + trainable == (
+            ModelShape.from_config(config).n_params + (trainable if method != "full" else 0)
+        )
+    ids = torch.randint(0, config.vocab_size, (2, 16))
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    assert torch.isfinite(loss)
+
+
+@pytest.mark.slow
+def test_bench_writes_every_method_and_refuses_to_overwrite(tmp_path, capsys):
+    out = tmp_path / "scale.json"
+    args = ["bench", "scale", "--sizes", "tiny", "--seq-len", "32", "--batch-size", "2", "--steps", "1",
+            "--device", "cpu", "--output", str(out)]  # fmt: skip
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "predicted" in printed and "qlora" in printed
+    results = json.loads(out.read_text())
+    assert [r["method"] for r in results["runs"]] == list(scale.METHODS)
+    assert {"machine", "versions", "settings", "command"} <= set(results)
+    for run in results["runs"]:
+        assert run["peak_bytes"] >= run["bytes_after_build"] > 0 and run["tokens_per_s"] > 0
+        assert run["parameters"] == results["runs"][0]["parameters"]
+    full, lora, qlora = results["runs"]
+    assert full["trainable_parameters"] > lora["trainable_parameters"] == qlora["trainable_parameters"] > 0
+    with pytest.raises(FileExistsError, match="--force"):
+        main(args)
+
+
+def test_bad_options_are_named():
+    with pytest.raises(ValueError, match="--sizes"):
+        main(["bench", "scale", "--sizes", "3b"])
+    with pytest.raises(ValueError, match="--methods"):
+        main(["bench", "scale", "--methods", "dora"])
