@@ -148,3 +148,17 @@ def test_checks_resist_monkeypatching():
     finally:
         torch.allclose = real_allclose
         importlib.reload(lora101.checks)
+
+
+# Learners never get the course's source material: exercise text names public sources or states the claim.
+SEED_CITATION = re.compile(r"\bseeds?\s+0\d\d\b|\bthe seeds\b|\bseeds'|\bseed's\b|shared/seeds", re.I)
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_no_exercise_text_cites_the_course_seeds(assignment):
+    for folder in (SOURCE, RELEASE):
+        for i, cell in enumerate(_nb(folder, assignment).cells):
+            hit = SEED_CITATION.search(cell.source)
+            assert not hit, f"{folder.name}/{assignment} cell {i} cites {hit.group(0)!r}: name a public source instead"
+    hit = SEED_CITATION.search((REPO / "lora101" / "checks.py").read_text())
+    assert not hit, f"lora101/checks.py cites {hit.group(0)!r}: its messages reach learners"
