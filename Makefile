@@ -4,7 +4,7 @@
 # Run again, both reuse the virtual environment and the converted model, and start in seconds.
 #
 # Knobs (make VAR=value):
-#   PYTHON       the interpreter that creates the venv (3.10 or newer)        default: python3
+#   PYTHON       the interpreter that creates the venv (3.11 or newer)        default: python3
 #   TORCH_INDEX  a PyTorch wheel index, e.g. https://download.pytorch.org/whl/cu128 for a CUDA
 #                build or .../whl/cpu for a small CPU-only build on Linux     default: PyPI
 #   PYTEST_ARGS  extra pytest arguments, e.g. PYTEST_ARGS="-k lora -x"
@@ -26,7 +26,7 @@ setup: $(STAMP) model
 # torch goes in first and on its own, pinned: a bare `torch` pulled in by another package would take
 # the newest build from PyPI, which on Linux is several GB of CUDA libraries.
 $(STAMP): pyproject.toml constraints.txt
-	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "lora101 needs Python 3.10 or newer; run: make PYTHON=python3.11 ...")'
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "lora101 needs Python 3.11 or newer; run: make PYTHON=python3.11 ...")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX) --extra-index-url https://pypi.org/simple)

@@ -58,6 +58,9 @@ def register(subparsers) -> None:
     p.add_argument("--save-steps", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: automatic)")
+    p.add_argument("--mixed-precision", choices=["auto", "bf16", "no"], default="auto",
+                   help="bf16 autocast: auto = on GPUs with native bf16 (compute capability 8.0+) only; "
+                   "bf16 forces it (a CPU runs it too), no turns it off")
     p.add_argument("--output", type=Path, required=True, help="folder for the adapter, report.json, loss.png")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
@@ -204,6 +207,7 @@ def _run(args) -> int:
         model=args.model, precision=args.precision, rank=args.rank, alpha=args.alpha, targets=args.targets,
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         save_steps=min(args.save_steps, args.steps), warmup_steps=max(1, args.steps // 10), device=args.device,
+        mixed_precision=args.mixed_precision,
         logging_steps=max(1, min(5, args.steps // 4)),
     )
     train_ex, eval_ex = load_splits(args)

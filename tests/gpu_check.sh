@@ -23,7 +23,6 @@ PY="${PYTHON:-python}"
 for wheel in bitsandbytes-*.whl; do
   [ -e "$wheel" ] && "$PY" -m pip install -q --no-deps "$wheel"
 done
-"$PY" -m pip install -q --no-deps --no-build-isolation -e . 2>/dev/null || true
 {
   echo "date: $(date -u +%FT%TZ)"
   "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda); print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')"
