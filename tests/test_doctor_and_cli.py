@@ -73,6 +73,21 @@ def test_doctor_fails_a_missing_package(monkeypatch):
     assert check.status == "FAIL" and check.detail == "not installed"
 
 
+def test_doctor_knows_colabs_versions_and_optional_tools(monkeypatch):
+    """Colab's transformers counts as tested; JupyterLab, nbgrader and nbval are not needed by the lessons."""
+    real = importlib.metadata.version
+
+    def version(p):
+        if p == "jupyterlab":
+            raise importlib.metadata.PackageNotFoundError(p)
+        return doctor.TESTED_ON_COLAB["transformers"] if p == "transformers" else real(p)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    checks = {c.name: c for c in doctor.check_versions()}
+    assert checks["transformers"].status == "ok" and "Colab" in checks["transformers"].detail
+    assert checks["jupyterlab"].status == "ok" and "not installed (only make lab" in checks["jupyterlab"].detail
+
+
 def test_doctor_fails_when_4bit_layers_give_wrong_results(monkeypatch):
     import bitsandbytes.functional as F
 
