@@ -142,7 +142,8 @@ def test_colab_sync_points_every_notebook_at_a_fork(tmp_path):
         nb = nbformat.read(nb_path, as_version=4)
         assert [c for c in nb.cells if c.cell_type == "code"][0].source == cell, rel
         if "/source/" not in rel:
-            assert colab.colab_badge(rel, "someone/fork", "dev") in nb.cells[0].source, rel
+            title = next(c for c in nb.cells if c.cell_type == "markdown")
+            assert colab.colab_badge(rel, "someone/fork", "dev") in title.source, rel
     readme = (tmp_path / "README.md").read_text()
     assert REPO_SLUG_PATTERN.search(readme) is None, "README.md still names the old repository"
     assert "mybinder.org/v2/gh/someone/fork/dev?" in readme

@@ -138,5 +138,20 @@ def test_answer_only_logits_give_the_same_loss_and_gradients(trained):
     assert float(ft.answer_loss(outputs, labels, num_items_in_batch=2 * n_answer)) == pytest.approx(want / 2, rel=1e-5)
     for name, grad in want_grads.items():
         torch.testing.assert_close(got_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    # transformers before 5.23 cannot take the mask: every position is projected, and answer_loss picks the
+    # answer positions itself, for the same loss
+    with torch.no_grad():
+        everywhere = model(**{k: v for k, v in full.items() if k != "labels"})
+        assert float(ft.answer_loss(everywhere, full["labels"])) == pytest.approx(want, rel=1e-5)
+    truncated = type(outputs)(logits=outputs.logits[:-1])
     with pytest.raises(ValueError, match="logits_to_keep"):
-        ft.answer_loss(model(**full), full["labels"])
+        ft.answer_loss(truncated, labels)
+
+
+def test_the_mask_is_left_out_where_transformers_cannot_take_it(monkeypatch, base_model_dir):
+    from lora101.models import load_tokenizer
+
+    tokenizer = load_tokenizer()
+    rows = [_dataset(tokenizer)[i] for i in range(2)]
+    monkeypatch.setattr(ft, "logits_mask_supported", lambda: False)
+    assert "logits_to_keep" not in ft.training_collator(tokenizer)(rows)
