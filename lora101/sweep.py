@@ -55,7 +55,7 @@ class Settings:
     steps: int = 30  # optimizer steps per run (each sees steps x batch_size fresh training examples)
     batch_size: int = 4
     eval_examples: int = 48  # held-out test examples scored per run
-    lr: float = 1e-3  # the LoRA learning rate (the seeds: tune it; LoRA's best is ~10x full FT's)
+    lr: float = 1e-3  # the LoRA learning rate (a common claim: tune it; LoRA's best is ~10x full FT's)
     full_lr: float = 5e-5  # a usual full fine-tuning learning rate
     rank: int = 16  # the reference adapter: rank 16, alpha 32 (alpha = 2r), all linear layers
     warmup_steps: int = 3
