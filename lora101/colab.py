@@ -95,6 +95,21 @@ def _module_address(module: Path) -> tuple[str, str]:
     return slug.group(1), branch.group(1)
 
 
+def _refresh_nbgrader_checksum(cell: dict) -> None:
+    """A released exercise locks the set-up cell with a checksum of its source: recompute it, as
+    ``nbgrader generate_assignment`` would, or the autograder would take the new cell for tampering."""
+    meta = cell.get("metadata", {}).get("nbgrader", {})
+    if "checksum" not in meta:
+        return
+    try:
+        import nbformat
+        from nbgrader.utils import compute_checksum
+    except ImportError:
+        raise ImportError("exercises need nbgrader to re-lock their set-up cell: pip install 'lora101[instructor]'") from None
+    node = nbformat.from_dict({**cell, "source": "".join(cell["source"])})
+    meta["checksum"] = compute_checksum(node)
+
+
 def _sync_notebook(path: Path, slug: str, branch: str) -> bool:
     """Give ``path`` the set-up cell and badge for ``slug``/``branch``; True if it changed."""
     text = path.read_text()
@@ -103,6 +118,7 @@ def _sync_notebook(path: Path, slug: str, branch: str) -> bool:
     if not code:
         raise ValueError(f"{path}: no code cell to hold the Colab set-up cell")
     code[0]["source"] = setup_cell(slug, branch).splitlines(keepends=True)
+    _refresh_nbgrader_checksum(code[0])
     for cell in notebook["cells"]:
         if cell["cell_type"] == "markdown":
             source = _rewrite_text("".join(cell["source"]), slug, branch)

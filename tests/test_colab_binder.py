@@ -141,6 +141,11 @@ def test_colab_sync_points_every_notebook_at_a_fork(tmp_path):
         rel = nb_path.relative_to(tmp_path).as_posix()
         nb = nbformat.read(nb_path, as_version=4)
         assert [c for c in nb.cells if c.cell_type == "code"][0].source == cell, rel
+        setup = [c for c in nb.cells if c.cell_type == "code"][0]
+        if "checksum" in setup.metadata.get("nbgrader", {}):  # a released exercise locks the cell
+            from nbgrader.utils import compute_checksum
+
+            assert setup.metadata.nbgrader.checksum == compute_checksum(setup), rel
         if "/source/" not in rel:
             title = next(c for c in nb.cells if c.cell_type == "markdown")
             assert colab.colab_badge(rel, "someone/fork", "dev") in title.source, rel
