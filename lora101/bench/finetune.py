@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 
 VARIANTS = ("qlora", "lora", "baseline")
@@ -108,6 +106,8 @@ def _worker(spec: dict) -> dict:
 def run(args: argparse.Namespace) -> int:
     import tempfile
 
+    from lora101.bench._worker import run_worker
+
     if args.worker:
         print("RESULT " + json.dumps(_worker(json.loads(args.worker))), flush=True)
         return 0
@@ -120,13 +120,7 @@ def run(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             spec = dict(kind=kind, model=args.model, steps=args.steps, batch_size=args.batch_size, rank=args.rank, alpha=args.alpha,
                         tmp=tmp)
-            cmd = [sys.executable, "-m", "lora101.cli", "bench", "finetune", "--worker", json.dumps(spec)]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            found = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-            if proc.returncode != 0 or not found:
-                print(proc.stderr[-3000:], file=sys.stderr)
-                raise RuntimeError(f"the {kind} worker failed (exit {proc.returncode})")
-            rows.append(json.loads(found[-1][len("RESULT "):]))
+            rows.append(run_worker("finetune", spec, kind))
     _print_table(rows)
     if args.json:
         print(json.dumps(rows, indent=2))

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 
@@ -207,6 +206,8 @@ def _worker(spec: dict) -> dict:
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
+    from lora101.bench._worker import run_worker
+
     if args.worker:
         print("RESULT " + json.dumps(_worker(json.loads(args.worker))), flush=True)
         return 0
@@ -225,13 +226,7 @@ def run(args: argparse.Namespace) -> int:
     for size, method in tqdm(runs, desc="bench scale", unit="run"):
         spec = dict(size=size, method=method, steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
                     checkpointing=not args.no_checkpointing, device=args.device)  # fmt: skip
-        cmd = [sys.executable, "-m", "lora101.cli", "bench", "scale", "--worker", json.dumps(spec)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        found = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-        if proc.returncode != 0 or not found:
-            print(proc.stderr[-3000:], file=sys.stderr)
-            raise RuntimeError(f"the {size}/{method} worker failed (exit {proc.returncode}); its stderr is above")
-        rows.append(json.loads(found[-1][len("RESULT "):]))
+        rows.append(run_worker("scale", spec, f"{size}/{method}"))
     print(table(rows))
     if output is not None:
         from lora101.sweep import machine_info, versions
