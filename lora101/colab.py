@@ -52,6 +52,12 @@ def colab_badge(notebook_path: str, slug: str = REPO_SLUG, branch: str = BRANCH)
     return f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({url})"
 
 
+def raw_url(path: str, slug: str = REPO_SLUG, branch: str = BRANCH) -> str:
+    """Where a file of the repository can be downloaded from: on Colab only the notebook is on disk, so a lesson
+    fetches its stored data files (lesson 6's sweep results) from here."""
+    return f"https://raw.githubusercontent.com/{slug}/{branch}/{path}"
+
+
 # --- lora101 colab sync: one address everywhere ---------------------------------------------------------
 
 

@@ -1,6 +1,6 @@
-"""The course as a learner sees it: every lesson run in JupyterLab, in a real (headless) Chromium.
+"""The course as a learner sees it: lessons run in JupyterLab, in a real (headless) Chromium.
 
-For each notebook in lessons/ the test opens it in `jupyter lab` (this venv, its own python3 kernel),
+For each selected notebook in lessons/ the test opens it in `jupyter lab` (this venv, its own python3 kernel),
 clears it, runs all cells with JupyterLab's Run All, and checks what is on the page: no cell shows an
 error, every widget renders and answers when its first control is changed, every plot appears as a
 loaded image (at least as many as the stored notebook has), and it saves a screenshot of the whole
@@ -9,6 +9,10 @@ notebook under test-artifacts/screenshots/ (the test prints the paths).
 Browser: Debian's `chromium`, driven by Playwright's Python package through `executable_path`; never a
 browser download. Without Chromium or Playwright the tests skip with the reason, except under CI
 (CI=true), where a missing browser is a failure. `tests/browser/ensure_chromium.sh` installs it.
+
+Which lessons: LORA101_BROWSER_LESSONS, `all` or numbers such as `01,05` (default `01`: the widget explorers
+and plots of lesson 1; every lesson's outputs are checked by nbval, and `all` runs each in the browser too,
+with training cut short by LORA101_QUICK=1, which takes a CI machine's time several times over).
 
 Knobs: LORA101_BROWSER_TIMEOUT (seconds a notebook may take to run, default 900), LORA101_MAX_SILENCE
 (seconds a running lesson may show nothing new; unset: reported, not enforced),
@@ -24,6 +28,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from lesson_selection import selected_lessons  # tests/ is on sys.path
 
 REPO = Path(__file__).resolve().parent.parent
 SCREENSHOTS = Path(os.environ.get("LORA101_SCREENSHOTS", REPO / "test-artifacts" / "screenshots"))
@@ -32,7 +37,7 @@ TIMEOUT = float(os.environ.get("LORA101_BROWSER_TIMEOUT", "900"))
 # nothing new (no output, no progress-bar tick) while a cell runs, measured on the page.
 # Measured on the page, so it scales with the machine's load: reported always, enforced only when set.
 MAX_SILENCE = float(os.environ.get("LORA101_MAX_SILENCE", "inf"))
-LESSONS = sorted((REPO / "lessons").glob("[0-9][0-9]_*.ipynb"))
+LESSONS = selected_lessons(sorted((REPO / "lessons").glob("[0-9][0-9]_*.ipynb")), "LORA101_BROWSER_LESSONS", "01")
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 pytestmark = pytest.mark.slow
