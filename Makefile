@@ -8,6 +8,7 @@
 #   TORCH_INDEX  a PyTorch wheel index, e.g. https://download.pytorch.org/whl/cu128 for a CUDA
 #                build or .../whl/cpu for a small CPU-only build on Linux     default: PyPI
 #   PYTEST_ARGS  extra pytest arguments, e.g. PYTEST_ARGS="-k lora -x"
+#   PYTEST_WORKERS  test processes side by side (pytest-xdist, a whole notebook or test file each)  default: 2
 #   LAB_ARGS     extra jupyter lab arguments, e.g. LAB_ARGS="--port 8899 --no-browser"
 
 PYTHON ?= python3
@@ -15,6 +16,7 @@ VENV ?= .venv
 TORCH_VERSION ?= 2.13.0
 TORCH_INDEX ?=
 PYTEST_ARGS ?=
+PYTEST_WORKERS ?= 2
 LAB_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.lora101-installed
@@ -43,11 +45,14 @@ model: $(STAMP)
 lab: setup
 	$(BIN)/jupyter lab --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/lessons $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
+# Two workers on a 2-core machine: much of the suite waits on pip, process start-up, imports and the
+# browser rather than computing, and a second worker fills those gaps (PYTEST_WORKERS=0 runs it all in one
+# process). Notebook kernels keep their default threads, so nbval compares the numbers they were stored with.
 # The browser test drives Debian's chromium; ensure_chromium.sh installs it with apt where it can (root on
 # Debian/Ubuntu, as in CI) and otherwise says why the browser test will skip.
 test: setup
 	sh tests/browser/ensure_chromium.sh
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check lora101 tests
