@@ -52,7 +52,7 @@ lab: setup
 # Debian/Ubuntu, as in CI) and otherwise says why the browser test will skip.
 test: setup
 	sh tests/browser/ensure_chromium.sh
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check lora101 tests
