@@ -9,6 +9,7 @@
 #                build or .../whl/cpu for a small CPU-only build on Linux     default: PyPI
 #   PYTEST_ARGS  extra pytest arguments, e.g. PYTEST_ARGS="-k lora -x"
 #   PYTEST_WORKERS  test processes side by side (pytest-xdist, a whole notebook or test file each)  default: 2
+#   TEST_THREADS    torch (OpenMP/MKL) threads in each test process and notebook kernel           default: 1
 #   LAB_ARGS     extra jupyter lab arguments, e.g. LAB_ARGS="--port 8899 --no-browser"
 
 PYTHON ?= python3
@@ -17,6 +18,7 @@ TORCH_VERSION ?= 2.13.0
 TORCH_INDEX ?=
 PYTEST_ARGS ?=
 PYTEST_WORKERS ?= 2
+TEST_THREADS ?= 1
 LAB_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.lora101-installed
@@ -47,12 +49,15 @@ lab: setup
 
 # Two workers on a 2-core machine: much of the suite waits on pip, process start-up, imports and the
 # browser rather than computing, and a second worker fills those gaps (PYTEST_WORKERS=0 runs it all in one
-# process). Notebook kernels keep their default threads, so nbval compares the numbers they were stored with.
+# process). One torch thread each (TEST_THREADS): two processes with two threads each on two cores stall in
+# every small parallel region, waiting for a thread the other process holds (lessons ran several times slower).
+# The numbers do not change: SmolLM2's fp32 and NF4 logits and three LoRA training steps came out bit for bit
+# the same with one thread as with two, so nbval compares against the notebooks as stored.
 # The browser test drives Debian's chromium; ensure_chromium.sh installs it with apt where it can (root on
 # Debian/Ubuntu, as in CI) and otherwise says why the browser test will skip.
 test: setup
 	sh tests/browser/ensure_chromium.sh
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
+	OMP_NUM_THREADS=$(TEST_THREADS) MKL_NUM_THREADS=$(TEST_THREADS) $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check lora101 tests
