@@ -52,7 +52,7 @@ lab: setup
 # process). One torch thread each (TEST_THREADS): two processes with two threads each on two cores stall in
 # every small parallel region, waiting for a thread the other process holds (lessons ran several times slower).
 # The numbers do not change: SmolLM2's fp32 and NF4 logits and three LoRA training steps came out bit for bit
-# the same with one thread as with two, so nbval compares against the notebooks as stored.
+# the same with one thread as with two (tests/test_threads.py), so nbval compares against the notebooks as stored.
 # The browser test drives Debian's chromium; ensure_chromium.sh installs it with apt where it can (root on
 # Debian/Ubuntu, as in CI) and otherwise says why the browser test will skip.
 test: setup
