@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
-import time
 
 import torch
 from torch import nn
 
 import lora101  # noqa: F401  (before peft: silences bitsandbytes' CPU kernel warning)
+from lora101.bench.timing import median_times
 from lora101.lora import LoRALinear
 
 
@@ -27,27 +26,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: automatic)")
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _median_times(fns: list, repeats: int, warmup: int, device: torch.device) -> list[float]:
-    """Median seconds of each function, interleaving them run by run."""
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
-    _sync(device)
-    times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            start = time.perf_counter()
-            fn()
-            _sync(device)
-            times[i].append(time.perf_counter() - start)
-    return [statistics.median(t) for t in times]
 
 
 def _pair(fin: int, fout: int, r: int, alpha: float, device: torch.device):
@@ -95,14 +73,16 @@ def run(args: argparse.Namespace) -> int:
 
             return step
 
-        t_ours, t_peft = _median_times([train_step(ours), train_step(theirs)], args.repeats, args.warmup, device)
+        t_ours, t_peft = median_times(
+            [train_step(ours), train_step(theirs)], args.repeats, device, warmup=args.warmup
+        )
         merged = copy.deepcopy(ours)
         merged.merge()
         plain = copy.deepcopy(merged.base_layer)
         xi = x.detach()
         with torch.inference_mode():
-            t_merged, t_plain = _median_times(
-                [lambda m=merged, v=xi: m(v), lambda p=plain, v=xi: p(v)], args.repeats, args.warmup, device
+            t_merged, t_plain = median_times(
+                [lambda m=merged, v=xi: m(v), lambda p=plain, v=xi: p(v)], args.repeats, device, warmup=args.warmup
             )
         ratio_train, ratio_merged = t_ours / t_peft, t_merged / t_plain
         worst_train, worst_merged = max(worst_train, ratio_train), max(worst_merged, ratio_merged)
