@@ -42,21 +42,48 @@ def test_built_model_is_what_lesson_1_predicts(method):
 @pytest.mark.slow
 def test_bench_writes_every_method_and_refuses_to_overwrite(tmp_path, capsys):
     out = tmp_path / "scale.json"
-    args = ["bench", "scale", "--sizes", "tiny", "--seq-len", "32", "--batch-size", "2", "--steps", "1",
-            "--device", "cpu", "--output", str(out)]  # fmt: skip
+    args = ["bench", "scale", "--sizes", "tiny", "--seq-len", "32", "--batch-size", "2", "--steps", "1"]
+    args += ["--device", "cpu", "--output", str(out)]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "predicted" in printed and "qlora" in printed
     results = json.loads(out.read_text())
     assert [r["method"] for r in results["runs"]] == list(scale.METHODS)
-    assert {"machine", "versions", "settings", "command"} <= set(results)
+    assert {"machine", "versions", "settings", "command", "notes"} <= set(results)
+    assert results["settings"]["seed"] == scale.SEED and results["command"].startswith("lora101 bench scale")
+    assert any("QLoRA's peak is" in note for note in results["notes"])
     for run in results["runs"]:
-        assert run["peak_bytes"] >= run["bytes_after_build"] > 0 and run["tokens_per_s"] > 0
+        assert (
+            run["peak_bytes"] >= run["bytes_after_build"] > run["process_bytes"] > 0
+            and run["tokens_per_s"] > 0
+        )
+        assert run["predicted_bytes"] == run["predicted"]["total"] > 0
         assert run["parameters"] == results["runs"][0]["parameters"]
     full, lora, qlora = results["runs"]
     assert full["trainable_parameters"] > lora["trainable_parameters"] == qlora["trainable_parameters"] > 0
     with pytest.raises(FileExistsError, match="--force"):
         main(args)
+
+
+def test_tinyllama_size_is_over_a_billion_parameters_and_fits_24_gb():
+    """The size the stored CPU run uses, counted on the meta device (nothing allocated, nothing run)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(**scale.SIZES["1.1b"])
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    counted = sum(p.numel() for p in model.parameters())
+    assert counted == ModelShape.from_config(config).n_params >= 1_000_000_000
+    full = estimate_memory(
+        config,
+        "full",
+        precision="fp32",
+        r=scale.RANK,
+        target_modules="all-linear",
+        seq_len=256,
+        gradient_checkpointing=True,
+    )
+    assert full.total < 19e9, "full fine-tuning in fp32 with AdamW must leave room on a 24 GB machine"
 
 
 def test_bad_options_are_named():
