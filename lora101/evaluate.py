@@ -8,7 +8,7 @@ are not JSON (a learner's own data), exact match compares the stripped texts.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -72,7 +72,9 @@ def score(predictions: Sequence[str], references: Sequence[str]) -> dict[str, An
     references) and ``n``.
     """
     if len(predictions) != len(references):
-        raise ValueError(f"predictions ({len(predictions)}) and references ({len(references)}) differ in length")
+        raise ValueError(
+            f"predictions ({len(predictions)}) and references ({len(references)}) differ in length"
+        )
     if not references:
         raise ValueError("references is empty: nothing to score")
     exact = 0
@@ -99,15 +101,27 @@ def score(predictions: Sequence[str], references: Sequence[str]) -> dict[str, An
 
 
 def evaluate_model(
-    model, tokenizer, prompts: Sequence[str], references: Sequence[str], **generate_kwargs
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    references: Sequence[str],
+    *,
+    scorer: Callable[[Sequence[str], Sequence[str]], dict[str, Any]] = score,
+    **generate_kwargs,
 ) -> tuple[dict[str, Any], list[str]]:
-    """Generate for ``prompts`` and :func:`score` against ``references``: (metrics, predictions)."""
+    """Generate for ``prompts`` and score against ``references``: (metrics, predictions).
+
+    ``scorer`` is :func:`score` unless a task brings its own (``lora101.tasks``: a task's ``score``)."""
     predictions = generate(model, tokenizer, prompts, **generate_kwargs)
-    return score(predictions, references), predictions
+    return scorer(predictions, references), predictions
 
 
 def side_by_side(
-    sentences: Sequence[str], references: Sequence[str], before: Sequence[str], after: Sequence[str], n: int = 4
+    sentences: Sequence[str],
+    references: Sequence[str],
+    before: Sequence[str],
+    after: Sequence[str],
+    n: int = 4,
 ) -> str:
     """A plain-text table of ``n`` examples: the input, the reference, and both generations."""
     lines = []

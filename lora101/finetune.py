@@ -47,7 +47,7 @@ class FinetuneConfig:
     alpha: int = 32
     dropout: float = 0.0
     targets: str | list[str] = "all-linear"
-    steps: int = 100
+    steps: int = 50  # lesson 5's CPU budget (a GPU's full-size job takes 400)
     batch_size: int = 8
     lr: float = 1e-3
     warmup_steps: int = 10
@@ -73,6 +73,22 @@ class FinetuneConfig:
             raise ValueError(f"lr must be between 0 and 1, got {self.lr!r}")
         if not (0 <= self.dropout < 1):
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+
+    @classmethod
+    def for_steps(cls, steps: int, **settings: Any) -> FinetuneConfig:
+        """A config whose schedule follows ``steps`` (what ``lora101 finetune`` runs): a warm-up of a tenth
+        of the steps, the loss logged every quarter of them (at most every 5 steps, for a readable curve),
+        and a checkpoint at least at the last step (``save_steps`` no later than ``steps``)."""
+        save_steps = min(settings.pop("save_steps", cls.save_steps), steps)
+        warmup_steps = max(1, steps // 10)
+        logging_steps = max(1, min(5, steps // 4))
+        return cls(
+            steps=steps,
+            save_steps=save_steps,
+            warmup_steps=warmup_steps,
+            logging_steps=logging_steps,
+            **settings,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -404,7 +420,7 @@ def train(
     set_seed(config.seed)
     keep = [c for c in ("input_ids", "attention_mask", "labels") if c in train_dataset.column_names]
     if "labels" not in keep or "input_ids" not in keep:
-        raise ValueError("train_dataset needs 'input_ids' and 'labels' columns (see lora101.data.build_dataset)")
+        raise ValueError("train_dataset needs 'input_ids' and 'labels' columns (see lora101.data.tokenize_example)")
     train_dataset = train_dataset.select_columns(keep)
     recorder = _LossRecorder()
     trainer = Trainer(

@@ -220,7 +220,8 @@ def _datasets(tokenizer, settings: Settings, data: str):
 
     from datasets import Dataset
 
-    from lora101.data import build_dataset, build_messages, tokenize_example
+    from lora101.data import tokenize_example
+    from lora101.tasks.contracts import build_dataset, build_messages
 
     n_train = settings.steps * settings.batch_size
     dd = build_dataset(tokenizer, n_train=n_train, n_test=settings.eval_examples, seed=settings.seed)

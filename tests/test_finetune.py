@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from lora101 import finetune as ft
-from lora101.data import build_messages, tokenize_example
+from lora101.data import tokenize_example
+from lora101.tasks.contracts import build_messages
 
 pytestmark = pytest.mark.slow
 

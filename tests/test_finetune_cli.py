@@ -1,4 +1,5 @@
-"""`lora101 finetune`: bad data names file and line; a real tiny run writes adapter, report and plot; resume."""
+"""`lora101 finetune`: bad data names file and line; a real tiny run writes adapter, report and plot; resume;
+--task names a built-in task; the training options' defaults are FinetuneConfig's."""
 
 from __future__ import annotations
 
@@ -8,12 +9,22 @@ import shutil
 import pytest
 
 from lora101.cli import main
-from lora101.finetune import ADAPTER_FILES, last_checkpoint
+from lora101.finetune import ADAPTER_FILES, FinetuneConfig, last_checkpoint
+from lora101.tasks import DEFAULT_TASK, task_names
 
-PAIRS = [(f"Code word for {w}?", c) for w, c in [
-    ("apple", "ZEBRA-7"), ("river", "QUARTZ-2"), ("cloud", "MANGO-9"), ("stone", "VIOLET-4"),
-    ("train", "ORBIT-1"), ("piano", "LEMON-5"), ("tiger", "COMET-3"), ("glass", "BISON-8"),
-]]
+PAIRS = [
+    (f"Code word for {w}?", c)
+    for w, c in [
+        ("apple", "ZEBRA-7"),
+        ("river", "QUARTZ-2"),
+        ("cloud", "MANGO-9"),
+        ("stone", "VIOLET-4"),
+        ("train", "ORBIT-1"),
+        ("piano", "LEMON-5"),
+        ("tiger", "COMET-3"),
+        ("glass", "BISON-8"),
+    ]
+]
 
 
 def _write(path, lines):
@@ -23,27 +34,60 @@ def _write(path, lines):
 
 def _good(tmp_path):
     lines = [json.dumps({"prompt": p, "response": r}) for p, r in PAIRS[:6]]
-    lines += [json.dumps({"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": r}]})
-              for p, r in PAIRS[6:]]
+    lines += [
+        json.dumps({"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": r}]})
+        for p, r in PAIRS[6:]
+    ]
     return _write(tmp_path / "good.jsonl", lines)
 
 
 def _run(tmp_path, data, *extra, out="out"):
-    return main(["finetune", "--data", str(data), "--output", str(tmp_path / out), "--steps", "4",
-                 "--batch-size", "2", "--save-steps", "2", "--rank", "4", "--alpha", "16", "--lr", "3e-3",
-                 "--eval-fraction", "0.25", "--max-new-tokens", "8", "--device", "cpu", *extra])
+    return main(
+        [
+            "finetune",
+            "--data",
+            str(data),
+            "--output",
+            str(tmp_path / out),
+            "--steps",
+            "4",
+            "--batch-size",
+            "2",
+            "--save-steps",
+            "2",
+            "--rank",
+            "4",
+            "--alpha",
+            "16",
+            "--lr",
+            "3e-3",
+            "--eval-fraction",
+            "0.25",
+            "--max-new-tokens",
+            "8",
+            "--device",
+            "cpu",
+            *extra,
+        ]
+    )
 
 
 @pytest.mark.parametrize(
     "lines, line_no, message",
     [
         (['{"prompt": "a", "response": "b"}', '{"prompt": "a", "response": '], 2, "malformed JSON"),
-        (['{"prompt": "a", "response": "b"}', '', '{"prompt": "a"}'], 3, "missing or empty field"),
+        (['{"prompt": "a", "response": "b"}', "", '{"prompt": "a"}'], 3, "missing or empty field"),
         (['["prompt", "response"]'], 1, "expected a JSON object"),
-        (['{"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}'], 1,
-         "last message must be"),
-        (['{"prompt": "a", "response": "b"}', '{"prompt": "' + "word " * 600 + '", "response": "b"}'], 2,
-         "longer than the context"),
+        (
+            ['{"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}'],
+            1,
+            "last message must be",
+        ),
+        (
+            ['{"prompt": "a", "response": "b"}', '{"prompt": "' + "word " * 600 + '", "response": "b"}'],
+            2,
+            "longer than the context",
+        ),
     ],
 )
 def test_bad_data_names_file_and_line(tmp_path, capsys, base_model_dir, lines, line_no, message):
@@ -68,7 +112,9 @@ def test_an_existing_adapter_is_never_overwritten(tmp_path, capsys):
     (out / ADAPTER_FILES[0]).write_text("{}")
     assert _run(tmp_path, _good(tmp_path)) == 2
     err = capsys.readouterr().err
-    assert "already holds an adapter" in err and "--output" in err and "--resume" in err and "--overwrite" in err
+    assert (
+        "already holds an adapter" in err and "--output" in err and "--resume" in err and "--overwrite" in err
+    )
     assert (out / ADAPTER_FILES[0]).read_text() == "{}"
 
 
@@ -96,3 +142,51 @@ def test_good_data_trains_reports_and_resumes(tmp_path, base_model_dir):
     assert resumed["steps"] == 4 and min(resumed["loss"]["steps"]) > 2  # it continued, not restarted
     assert resumed["before"] == report["before"]
     assert all((out / f).is_file() for f in ADAPTER_FILES)
+
+
+def test_an_unknown_task_is_refused_naming_the_option_and_the_known_tasks(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["finetune", "--task", "poems", "--output", str(tmp_path / "out")])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "--task" in err and "poems" in err and all(name in err for name in task_names()), err
+    with pytest.raises(SystemExit):
+        main(
+            [
+                "finetune",
+                "--task",
+                DEFAULT_TASK,
+                "--data",
+                str(_good(tmp_path)),
+                "--output",
+                str(tmp_path / "out"),
+            ]
+        )
+    assert "--data: not allowed with argument --task" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_training_defaults_are_the_configs_and_its_schedule_follows_the_steps():
+    from lora101.cli import build_parser
+
+    args = build_parser().parse_args(["finetune", "--output", "out"])
+    config = FinetuneConfig()
+    for name in (
+        "model",
+        "precision",
+        "rank",
+        "alpha",
+        "targets",
+        "steps",
+        "batch_size",
+        "lr",
+        "save_steps",
+        "seed",
+    ):
+        assert getattr(args, name) == getattr(config, name), name
+    assert (
+        args.task is None and args.mixed_precision == config.mixed_precision and args.device == config.device
+    )
+    short, long = FinetuneConfig.for_steps(4, save_steps=40), FinetuneConfig.for_steps(100, rank=8)
+    assert (short.warmup_steps, short.logging_steps, short.save_steps) == (1, 1, 4)  # a checkpoint at the end
+    assert (long.warmup_steps, long.logging_steps, long.save_steps, long.rank) == (10, 5, 40, 8)

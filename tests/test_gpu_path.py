@@ -93,7 +93,8 @@ def _train_under_bf16_autocast(tmp_path):
     from datasets import Dataset
     from peft import PeftModel
 
-    from lora101.data import build_messages, tokenize_example
+    from lora101.data import tokenize_example
+    from lora101.tasks.contracts import build_messages
 
     base, tokenizer = _tiny_llama()
     pristine = copy.deepcopy(base)

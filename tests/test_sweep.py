@@ -117,9 +117,10 @@ def test_teacher_forced_exact_match_is_greedy_decoding(base_model_dir):
     import torch
     from datasets import Dataset
 
-    from lora101.data import build_messages, prompt_text, tokenize_example
+    from lora101.data import prompt_text, tokenize_example
     from lora101.evaluate import generate
     from lora101.models import load_model, load_tokenizer
+    from lora101.tasks.contracts import build_messages
 
     torch.manual_seed(0)
     tok = load_tokenizer()

@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _dataset(tokenizer, n: int):
-    from lora101.data import build_dataset
+    from lora101.tasks.contracts import build_dataset
 
     return build_dataset(tokenizer, n_train=n, n_test=1)["train"].select_columns(["input_ids", "attention_mask", "labels"])
 
