@@ -427,3 +427,23 @@ def table(rows: list[dict]) -> str:
             "predicted = lesson 1's estimate_memory for the same shapes and settings"
         )
     return "\n".join(lines)
+
+
+def load_stored(name: str = "memory_at_scale.json") -> dict:
+    """A stored results file of the course: from lessons/results/ when the lesson runs from lessons/ or the
+    repository root; on Colab, where only the notebook is on disk, downloaded from the course's repository."""
+    import urllib.request
+    from pathlib import Path
+
+    from lora101.colab import raw_url
+
+    for path in (Path("results") / name, Path("lessons/results") / name):
+        if path.is_file():
+            return json.loads(path.read_text())
+    if "google.colab" in sys.modules:
+        urllib.request.urlretrieve(raw_url(f"lessons/results/{name}"), name)
+        return json.loads(Path(name).read_text())
+    raise FileNotFoundError(
+        f"results/{name} not found: run the lesson from lessons/, or write the file with "
+        f"`lora101 bench scale --output lessons/results/{name}`"
+    )
