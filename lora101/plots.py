@@ -297,3 +297,31 @@ def plot_method_comparison(runs, title: str = ""):
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def plot_memory_at_scale(runs, title: str = "", ax=None):
+    """``lora101 bench scale``'s runs: per method, lesson 1's prediction beside the measured peak, and the
+    measured peak less what the process held before the model was built (Python, PyTorch, libraries: a cost
+    the prediction leaves out), in GiB."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7, 3.2), dpi=80)
+    x = np.arange(len(runs))
+    bars = [
+        ("lesson 1's prediction", [r["predicted_bytes"] for r in runs], "C0"),
+        ("measured peak less the process", [r["peak_bytes"] - r.get("process_bytes", 0) for r in runs], "C1"),
+        ("measured peak", [r["peak_bytes"] for r in runs], "C3"),
+    ]
+    for i, (label, values, color) in enumerate(bars):
+        gib = [v / 2**30 for v in values]
+        ax.bar(x + (i - 1) * 0.27, gib, 0.27, label=label, color=color)
+        for j, v in enumerate(gib):
+            ax.text(j + (i - 1) * 0.27, v, f"{v:.1f}", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(x, [r["method"] for r in runs])
+    ax.set_ylabel("GiB")
+    ax.set_ylim(0, max(r["peak_bytes"] for r in runs) / 2**30 * 1.2)
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    return fig
