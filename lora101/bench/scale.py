@@ -23,7 +23,7 @@ Lesson 1's ``lora101.memory.estimate_memory`` predicts the same configuration; t
 
 Examples:
   lora101 bench scale --sizes 1.1b --seq-len 256 --steps 1 --output lessons/results/memory_at_scale.json
-      # a CPU: under 19 GB, about 15 minutes on two slow cores
+      # a CPU: under 19 GB (17.6 GiB peak), about 9 minutes on two slow cores
   lora101 bench scale --sizes 1b,8b --seq-len 2048 --batch-size 2 --output gpu.json # a GPU (8b needs ~40 GB)
 """
 
