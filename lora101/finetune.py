@@ -31,7 +31,11 @@ from typing import Any
 
 import torch
 
+from lora101.lora import count_parameters as count_parameters  # ft.count_parameters, as lesson 5 calls it
+from lora101.memory import peak_memory_bytes as peak_memory_bytes
+from lora101.memory import peak_rss_bytes as peak_rss_bytes
 from lora101.models import DEFAULT_MODEL, choose_device, has_native_bf16, load_model
+from lora101.targets import ALL_LINEAR, parse_targets
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 MIXED_PRECISIONS = ("auto", "bf16", "no")
@@ -163,8 +167,8 @@ def lora_config(rank: int = 16, alpha: int = 32, targets: str | Sequence[str] = 
     """PEFT's ``LoraConfig`` for a causal LM: delta W = B @ A * alpha / rank on each target module."""
     from peft import LoraConfig
 
-    if isinstance(targets, str) and targets != "all-linear":
-        targets = [t.strip() for t in targets.split(",") if t.strip()]
+    # PEFT knows "all-linear" itself (and keeps the word in adapter_config.json); other specs become names.
+    targets = ALL_LINEAR if targets == ALL_LINEAR else list(parse_targets(targets, "targets"))
     return LoraConfig(
         r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM"
     )
@@ -175,12 +179,6 @@ def add_lora(base, rank: int = 16, alpha: int = 32, targets: str | Sequence[str]
     from peft import get_peft_model
 
     return get_peft_model(base, lora_config(rank, alpha, targets, dropout))
-
-
-def count_parameters(model) -> dict[str, int]:
-    """``trainable`` and ``total`` parameter counts (4-bit weights counted as stored elements x 2)."""
-    trainable, total = model.get_nb_trainable_parameters()
-    return {"trainable": int(trainable), "total": int(total)}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -548,35 +546,3 @@ def dequantized_base(model: str = DEFAULT_MODEL, device=None):
 def folder_bytes(folder: str | os.PathLike) -> int:
     """Total size of the files in ``folder`` (recursively), in bytes."""
     return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
-
-
-def peak_rss_bytes() -> int:
-    """This process's peak resident memory so far, in bytes; 0 where unavailable.
-
-    On Linux it is VmHWM, the high-water mark of this process's own memory. ru_maxrss is not: it also
-    keeps the peak of the process it was forked from (the kernel carries it across exec), so a worker
-    started by a large notebook kernel or test runner would report its parent's memory as its own.
-    """
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024  # reported in kB
-    except OSError:  # not Linux
-        pass
-    try:
-        import resource
-    except ImportError:  # Windows
-        return 0
-    import sys
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)  # Linux reports KiB, macOS bytes
-
-
-def peak_memory_bytes(device) -> int:
-    """Peak memory of this run: ``torch.cuda.max_memory_allocated`` on CUDA, else peak RSS."""
-    dev = torch.device(device) if not isinstance(device, torch.device) else device
-    if dev.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(dev))
-    return peak_rss_bytes()

@@ -76,47 +76,42 @@ Score: {{ cell.metadata.nbgrader.score | float | round(2) }} / {{ cell.metadata.
 {%- endif -%}
 {%- endmacro %}
 
-{% block markdowncell scoped %}
-<div class="cell border-box-sizing text_cell rendered">
-  {{ self.empty_in_prompt() }}
-  {%- if 'nbgrader' in cell.metadata and (cell.metadata.nbgrader.solution or cell.metadata.nbgrader.grade or cell.metadata.nbgrader.task) -%}
+{#- A graded cell in a panel with its heading (score) and footer (comments), any other cell plain. -#}
+{% macro lora101_cell(cell, graded, area_class) -%}
+  {%- if graded -%}
   <div class="panel panel-primary nbgrader_cell">
     {{ lora101_heading(cell) }}
     <div class="panel-body">
-      <div class="text_cell_render border-box-sizing rendered_html">
-        {{ cell.source  | markdown2html | strip_files_prefix }}
+      <div class="{{ area_class }}">
+        {{ caller() }}
       </div>
     </div>
     {{ lora101_footer(cell) }}
   </div>
   {%- else -%}
   <div class="inner_cell">
-    <div class="text_cell_render border-box-sizing rendered_html">
-      {{ cell.source  | markdown2html | strip_files_prefix }}
+    <div class="{{ area_class }}">
+      {{ caller() }}
     </div>
   </div>
   {%- endif -%}
+{%- endmacro %}
+
+{% block markdowncell scoped %}
+<div class="cell border-box-sizing text_cell rendered">
+  {{ self.empty_in_prompt() }}
+  {%- set graded = 'nbgrader' in cell.metadata and (cell.metadata.nbgrader.solution or cell.metadata.nbgrader.grade or cell.metadata.nbgrader.task) -%}
+  {%- call lora101_cell(cell, graded, "text_cell_render border-box-sizing rendered_html") -%}
+    {{ cell.source | markdown2html | strip_files_prefix }}
+  {%- endcall -%}
 </div>
 {% endblock markdowncell %}
 
 {% block input %}
-  {%- if 'nbgrader' in cell.metadata and (cell.metadata.nbgrader.solution or cell.metadata.nbgrader.grade) -%}
-  <div class="panel panel-primary nbgrader_cell">
-    {{ lora101_heading(cell) }}
-    <div class="panel-body">
-      <div class="input_area">
-        {{ cell.source | highlight_code(metadata=cell.metadata) }}
-      </div>
-    </div>
-    {{ lora101_footer(cell) }}
-  </div>
-  {%- else -%}
-  <div class="inner_cell">
-    <div class="input_area">
-      {{ cell.source | highlight_code(metadata=cell.metadata) }}
-    </div>
-  </div>
-  {%- endif -%}
+  {%- set graded = 'nbgrader' in cell.metadata and (cell.metadata.nbgrader.solution or cell.metadata.nbgrader.grade) -%}
+  {%- call lora101_cell(cell, graded, "input_area") -%}
+    {{ cell.source | highlight_code(metadata=cell.metadata) }}
+  {%- endcall -%}
 {% endblock input %}
 
 {% block body %}

@@ -114,9 +114,7 @@ class LoRALinear(nn.Module):
     (zero overhead); ``unmerge()`` subtracts it again. Both compute in float32, so for a float32 base the
     round trip restores the weight to float rounding (about 1e-7 relative); a bf16/fp16 base rounds to its
     own precision. A base that is not a plain floating-point linear layer (a quantised one) cannot be merged
-    into directly: ``merge()`` raises ``TypeError`` ("dequantise first") unless the base offers the merge
-    protocol, two methods ``merge_delta(delta)`` and ``unmerge_delta(delta)`` taking the float32
-    ``(out_features, in_features)`` update and folding it in / out of its own weight.
+    into: ``merge()`` raises ``TypeError`` ("dequantise first").
     """
 
     def __init__(
@@ -162,46 +160,36 @@ class LoRALinear(nn.Module):
         update = F.linear(F.linear(h, a) * self.scaling, self.lora_B)
         return result + (update if update.dtype == result.dtype else update.to(result.dtype))
 
-    def _merge_target(self) -> torch.Tensor | None:
+    def _merge_target(self) -> torch.Tensor:
         weight = _mergeable_weight(self.base_layer)
-        if weight is None and not (
-            callable(getattr(self.base_layer, "merge_delta", None))
-            and callable(getattr(self.base_layer, "unmerge_delta", None))
-        ):
+        if weight is None:
             raise TypeError(
                 f"cannot merge into a {type(self.base_layer).__name__}: its weight is not a plain floating-point "
                 f"({self.out_features}, {self.in_features}) matrix (a quantised layer?). Dequantise first: wrap an "
-                "nn.Linear holding the dequantised weight, or give the base merge_delta(delta)/unmerge_delta(delta)."
+                "nn.Linear holding the dequantised weight."
             )
         return weight
 
     @torch.no_grad()
+    def _fold(self, sign: int) -> None:
+        """Add (``sign`` 1) or subtract (-1) the update to the base weight, computing in float32."""
+        weight = self._merge_target()
+        weight.copy_(weight.float() + sign * self.delta_weight().to(weight.device))
+        self.merged = sign > 0
+
     def merge(self) -> None:
         """Fold the update into the base weight: afterwards forward is the base layer alone."""
         if self.merged:
             warnings.warn("LoRALinear.merge(): already merged; nothing to do", stacklevel=2)
             return
-        weight = self._merge_target()
-        delta = self.delta_weight()
-        if weight is None:
-            self.base_layer.merge_delta(delta)
-        else:
-            weight.copy_(weight.float() + delta.to(weight.device))
-        self.merged = True
+        self._fold(1)
 
-    @torch.no_grad()
     def unmerge(self) -> None:
         """Take the update out of the base weight again, restoring the original (to float rounding)."""
         if not self.merged:
             warnings.warn("LoRALinear.unmerge(): not merged; nothing to do", stacklevel=2)
             return
-        weight = self._merge_target()
-        delta = self.delta_weight()
-        if weight is None:
-            self.base_layer.unmerge_delta(delta)
-        else:
-            weight.copy_(weight.float() - delta.to(weight.device))
-        self.merged = False
+        self._fold(-1)
 
     def extra_repr(self) -> str:
         return (

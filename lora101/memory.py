@@ -24,10 +24,15 @@ from dataclasses import asdict, dataclass, replace
 import torch
 from torch import nn
 
+from lora101.nf4 import bits_per_parameter
+from lora101.targets import ATTENTION, MLP, parse_targets
+
 __all__ = [
     "ModelShape",
     "PRESETS",
     "NF4_BITS",
+    "ATTENTION",
+    "MLP",
     "MemoryBudget",
     "estimate_memory",
     "lora_parameter_count",
@@ -36,6 +41,8 @@ __all__ = [
     "measure_training_memory",
     "measure_activation_memory",
     "GPU_SIZES_GB",
+    "peak_rss_bytes",
+    "peak_memory_bytes",
 ]
 
 GB = 1e9  # decimal gigabytes, as GPU spec sheets use them
@@ -43,14 +50,12 @@ GPU_SIZES_GB: dict[str, float] = {"T4": 16, "RTX 4090 / A10 (24 GB)": 24, "A100 
 
 # NF4 with double quantisation (QLoRA's setting): 4 bits a weight, an 8-bit absmax per block of 64 weights,
 # and an fp32 constant per 256 of those blocks: 4 + 8/64 + 32/(64*256).
-NF4_BITS = 4 + 8 / 64 + 32 / (64 * 256)
-NF4_BITS_NO_DOUBLE_QUANT = 4 + 32 / 64  # an fp32 absmax per block of 64
+NF4_BITS = bits_per_parameter(64, double_quant=True)
+NF4_BITS_NO_DOUBLE_QUANT = bits_per_parameter(64)  # an fp32 absmax per block of 64
 
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 OPTIMIZER_BYTES = {"adamw": 8, "adamw-16bit": 4, "adamw-8bit": 2, "sgd-momentum": 4, "sgd": 0}
 METHODS = ("full", "lora", "qlora")
-ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
-MLP = ("gate_proj", "up_proj", "down_proj")
 
 
 @dataclass(frozen=True)
@@ -168,26 +173,13 @@ def _shape(model) -> ModelShape:
     )
 
 
-def _targets(target_modules: Iterable[str] | str) -> tuple[str, ...]:
-    if isinstance(target_modules, str):
-        target_modules = {"attention": ATTENTION, "all-linear": ATTENTION + MLP}.get(target_modules, (target_modules,))
-    targets = tuple(target_modules)
-    unknown = [t for t in targets if t not in ATTENTION + MLP]
-    if not targets or unknown:
-        raise ValueError(
-            f"target_modules: {unknown or targets!r} not understood; use names from {ATTENTION + MLP}, "
-            "'attention' or 'all-linear'"
-        )
-    return targets
-
-
 def lora_parameter_count(model, r: int, target_modules: Iterable[str] | str = ATTENTION) -> int:
     """Adapter parameters: ``r * (in + out)`` for each targeted linear layer of every block."""
     if isinstance(r, bool) or not isinstance(r, int) or r < 1:
         raise ValueError(f"r must be a positive int, got {r!r}")
     shape = _shape(model)
     dims = shape.linear_shapes()
-    return shape.layers * sum(r * (dims[t][0] + dims[t][1]) for t in _targets(target_modules))
+    return shape.layers * sum(r * (dims[t][0] + dims[t][1]) for t in parse_targets(target_modules))
 
 
 def activation_elements(
@@ -221,7 +213,7 @@ def activation_elements(
     if method == "full":
         per_block = 8 * h + 2 * kv + 4 * i
     else:
-        targets = _targets(target_modules)
+        targets = parse_targets(target_modules)
         per_block = 5 * h + 2 * kv + 3 * i
         per_block += h * any(t in targets for t in ("gate_proj", "up_proj")) + i * ("down_proj" in targets)
     tokens = batch_size * seq_len
@@ -276,11 +268,42 @@ def estimate_memory(
     parameter count (then a Llama-2-like shape of that size is assumed). ``precision``: "fp32", "bf16" or
     "fp16", the storage of the weights (for QLoRA: of everything that is not quantised) and of the
     activations. Full fine-tuning trains every weight in ``precision``; LoRA and QLoRA train fp32 adapters
-    (``r``, ``target_modules`` as in PEFT: names from ``q_proj ... down_proj``, "attention" or "all-linear")
+    (``r``, ``target_modules`` a spec of :mod:`lora101.targets`: "all-linear", "attention", "mlp" or names)
     on a frozen base. ``optimizer``: "adamw" (8 B/param), "adamw-16bit" (4), "adamw-8bit" (2), "sgd-momentum" (4), "sgd" (0).
     ``master_weights``: add an fp32 copy of 16-bit trainable weights (mixed precision). ``activations``:
     include :func:`activation_elements` at ``batch_size`` x ``seq_len``.
     """
+    _check_training_arguments(method, precision, optimizer, batch_size, seq_len)
+    shape = _shape(model)
+    wbytes = BYTES[precision]
+    if method == "full":
+        trainable, tbytes = shape.n_params, wbytes
+    else:
+        trainable, tbytes = lora_parameter_count(shape, r, target_modules), 4  # adapters train in fp32
+    act = 0.0
+    if activations:
+        blocks, head = activation_elements(
+            shape,
+            batch_size,
+            seq_len,
+            method=method,
+            target_modules=target_modules,
+            gradient_checkpointing=gradient_checkpointing,
+        )
+        act = blocks * wbytes + head * 4  # the loss is computed in fp32
+    return MemoryBudget(
+        method=method,
+        weights=_weight_bytes(shape, method, wbytes, trainable, double_quant),
+        gradients=trainable * tbytes,
+        optimizer=trainable * OPTIMIZER_BYTES[optimizer],
+        master_weights=trainable * 4 if (master_weights and tbytes < 4) else 0,
+        activations=act,
+        trainable_params=trainable,
+        total_params=shape.n_params + (trainable if method != "full" else 0),
+    )
+
+
+def _check_training_arguments(method: str, precision: str, optimizer: str, batch_size: int, seq_len: int) -> None:
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if precision not in BYTES:
@@ -290,38 +313,20 @@ def estimate_memory(
     for arg, value in (("batch_size", batch_size), ("seq_len", seq_len)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{arg} must be a positive int, got {value!r}")
-    shape = _shape(model)
-    wbytes = BYTES[precision]
+
+
+def _weight_bytes(shape: ModelShape, method: str, wbytes: int, adapter_params: int, double_quant: bool) -> float:
+    """The weights' bytes: every parameter at ``wbytes``; for LoRA/QLoRA the frozen base (QLoRA: the
+    blocks' linear layers in NF4) plus the fp32 adapters (``adapter_params``)."""
     n = shape.n_params
     if method == "full":
-        trainable, tbytes = n, wbytes
-        weights = n * wbytes
+        return n * wbytes
+    if method == "lora":
+        base = n * wbytes
     else:
-        trainable, tbytes = lora_parameter_count(shape, r, target_modules), 4  # adapters train in fp32
-        if method == "lora":
-            base = n * wbytes
-        else:
-            bits = NF4_BITS if double_quant else NF4_BITS_NO_DOUBLE_QUANT
-            base = shape.linear_params * bits / 8 + (n - shape.linear_params) * wbytes
-        weights = base + trainable * 4
-    master = trainable * 4 if (master_weights and tbytes < 4) else 0
-    act = 0.0
-    if activations:
-        blocks, head = activation_elements(
-            shape, batch_size, seq_len, method=method, target_modules=target_modules,
-            gradient_checkpointing=gradient_checkpointing,
-        )  # fmt: skip
-        act = blocks * wbytes + head * 4  # the loss is computed in fp32
-    return MemoryBudget(
-        method=method,
-        weights=weights,
-        gradients=trainable * tbytes,
-        optimizer=trainable * OPTIMIZER_BYTES[optimizer],
-        master_weights=master,
-        activations=act,
-        trainable_params=trainable,
-        total_params=n + (trainable if method != "full" else 0),
-    )
+        bits = NF4_BITS if double_quant else NF4_BITS_NO_DOUBLE_QUANT
+        base = shape.linear_params * bits / 8 + (n - shape.linear_params) * wbytes
+    return base + adapter_params * 4
 
 
 # ------------------------------------------------------------------------------------------------
@@ -401,6 +406,38 @@ def measure_activation_memory(model: nn.Module, batch: dict[str, torch.Tensor]) 
         out = model(**batch)
     del out
     return sum(v for k, v in saved.items() if k not in weight_ptrs)
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far, in bytes; 0 where unavailable.
+
+    On Linux it is VmHWM, the high-water mark of this process's own memory. ru_maxrss is not: it also
+    keeps the peak of the process it was forked from (the kernel carries it across exec), so a worker
+    started by a large notebook kernel or test runner would report its parent's memory as its own.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # reported in kB
+    except OSError:  # not Linux
+        pass
+    try:
+        import resource
+    except ImportError:  # Windows
+        return 0
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)  # Linux reports KiB, macOS bytes
+
+
+def peak_memory_bytes(device) -> int:
+    """Peak memory of this run: ``torch.cuda.max_memory_allocated`` on CUDA, else peak RSS."""
+    dev = torch.device(device) if not isinstance(device, torch.device) else device
+    if dev.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(dev))
+    return peak_rss_bytes()
 
 
 def gb(n_bytes: float) -> float:

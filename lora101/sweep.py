@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from lora101.models import DEFAULT_MODEL
+from lora101.targets import ALL_LINEAR, parse_targets
 
 FORMAT = "lora101-sweep/1"
 GROUPS: tuple[str, ...] = ("method", "lr", "rank", "targets", "alpha", "wrong_tool")
@@ -44,8 +45,6 @@ METHODS: tuple[str, ...] = ("none", "lora", "qlora", "full")
 RANKS: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
 ALPHAS: tuple[int, ...] = (2, 8, 32, 128, 512)
 QV = "q_proj,v_proj"
-ALL_LINEAR = "all-linear"
-ALL_LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclass(frozen=True)
@@ -95,7 +94,7 @@ class Run:
     method: str = "lora"  # "none" (the base, untrained), "lora", "qlora" (4-bit NF4 base) or "full"
     rank: int = 16
     alpha: int = 32
-    targets: str = ALL_LINEAR  # "all-linear" or comma-separated module names
+    targets: str = ALL_LINEAR  # a lora101.targets spec: "all-linear" or comma-separated module names
     lr: float = 1e-3
     base: str = "pretrained"  # or "random": the same architecture, freshly initialised (a weak base)
     data: str = "clean"  # or "noisy": part of the training answers belong to other sentences (poor data)
@@ -125,13 +124,7 @@ class Run:
 
 def target_modules(targets: str) -> tuple[str, ...]:
     """The module names ``targets`` adapts: ``"all-linear"`` -> SmolLM2's seven projections."""
-    if targets == ALL_LINEAR:
-        return ALL_LINEAR_MODULES
-    names = tuple(t.strip() for t in targets.split(",") if t.strip())
-    unknown = [n for n in names if n not in ALL_LINEAR_MODULES]
-    if not names or unknown:
-        raise ValueError(f"targets: {targets!r} names no known module; use 'all-linear' or some of {ALL_LINEAR_MODULES}")
-    return names
+    return parse_targets(targets, "targets")
 
 
 def adapter_parameters(rank: int, targets: str, model: str = "SmolLM2-135M") -> int:
@@ -251,6 +244,7 @@ def _model(run: Run, settings: Settings):
     import torch
 
     from lora101 import finetune as ft
+    from lora101.lora import count_parameters
 
     if run.base == "random":
         from transformers import AutoConfig, AutoModelForCausalLM
@@ -269,15 +263,12 @@ def _model(run: Run, settings: Settings):
     if run.method in ("lora", "qlora"):
         torch.manual_seed(settings.seed)  # the adapters' A matrices are drawn here
         model = ft.add_lora(base, run.rank, run.alpha, list(target_modules(run.targets)))
-        counts = ft.count_parameters(model)
     else:
         model = base
         if run.method == "full":
             for p in model.parameters():
                 p.requires_grad_(True)
-        params = list(model.parameters())  # tied weights appear once
-        counts = {"trainable": sum(p.numel() for p in params if p.requires_grad), "total": sum(p.numel() for p in params)}
-    return model, counts
+    return model, asdict(count_parameters(model))
 
 
 def teacher_forced_scores(model, tokenizer, dataset, batch_size: int = 8) -> dict[str, float]:
@@ -311,12 +302,6 @@ def teacher_forced_scores(model, tokenizer, dataset, batch_size: int = 8) -> dic
             "exact": exact, "n": len(rows), "answer_tokens": tokens}
 
 
-def _rss() -> int:
-    from lora101.finetune import peak_memory_bytes
-
-    return peak_memory_bytes("cpu")
-
-
 def run_one(run: Run, settings: Settings, on_step: Callable[[int], None] | None = None,
             workdir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Train and score one run in this process; returns every number it measured.
@@ -327,6 +312,7 @@ def run_one(run: Run, settings: Settings, on_step: Callable[[int], None] | None 
     import torch
 
     from lora101 import finetune as ft
+    from lora101.memory import peak_memory_bytes, peak_rss_bytes
     from lora101.models import choose_device, load_tokenizer
 
     if settings.threads:
@@ -337,9 +323,9 @@ def run_one(run: Run, settings: Settings, on_step: Callable[[int], None] | None 
     load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     tokenizer = load_tokenizer(settings.model)
     train_ds, test_ds = _datasets(tokenizer, settings, run.data)
-    rss_before_model = _rss()
+    rss_before_model = peak_rss_bytes()
     model, counts = _model(run, settings)
-    rss_after_model = _rss()
+    rss_after_model = peak_rss_bytes()
     result: dict[str, Any] = {"parameters": counts, "rss_before_model_bytes": rss_before_model,
                               "rss_after_model_bytes": rss_after_model}
     if run.method != "none":
@@ -361,7 +347,7 @@ def run_one(run: Run, settings: Settings, on_step: Callable[[int], None] | None 
     start = time.perf_counter()
     result["eval"] = teacher_forced_scores(model, tokenizer, test_ds)
     result["eval"]["wall_s"] = time.perf_counter() - start
-    result["peak_memory_bytes"] = ft.peak_memory_bytes(device)
+    result["peak_memory_bytes"] = peak_memory_bytes(device)
     result["peak_memory_kind"] = "torch.cuda.max_memory_allocated" if device.type == "cuda" else "peak RSS of the run's process"
     result["device"] = str(device)
     result["threads"] = torch.get_num_threads()

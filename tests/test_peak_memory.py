@@ -8,12 +8,12 @@ import sys
 
 import pytest
 
-from lora101.finetune import peak_rss_bytes
+from lora101.memory import peak_rss_bytes
 
 MiB = 1024 * 1024
 CHILD = """
 import sys
-from lora101.finetune import peak_rss_bytes
+from lora101.memory import peak_rss_bytes
 before = peak_rss_bytes()
 block = bytearray(int(sys.argv[1]) * 1024 * 1024)
 block[::4096] = b"\\1" * len(block[::4096])  # touch every page, so that it is resident
