@@ -120,9 +120,26 @@ def qlora_dataflow(compute_dtype: str = "bf16"):
     """
     if compute_dtype not in ("bf16", "fp16", "fp32"):
         raise ValueError(f"compute_dtype must be 'bf16', 'fp16' or 'fp32', got {compute_dtype!r}")
+    fig, ax = _canvas(13, 7.2, (10, 5.5))
+    _qlora_boxes(ax, compute_dtype)
+    _qlora_arrows(ax, compute_dtype)
+    _legend(
+        ax,
+        [
+            ("frozen (no gradient)", FROZEN_COLOR),
+            ("trained", TRAINED_COLOR),
+            ("computed on the fly", NEUTRAL_COLOR),
+        ],
+        loc="upper right",
+    )
+    fig.tight_layout()
+    return fig
+
+
+def _qlora_boxes(ax, compute_dtype: str) -> None:
+    """The QLoRA diagram's boxes: storage, the de-quantise/matmul path, the adapter, the sum."""
     from matplotlib.patches import Circle, FancyBboxPatch
 
-    fig, ax = _canvas(13, 7.2, (10, 5.5))
     # Storage: what sits in GPU memory between steps.
     ax.add_patch(FancyBboxPatch((0.2, 3.6), 4.0, 3.2, boxstyle="round,pad=0.02,rounding_size=0.1",
                                 facecolor="none", edgecolor="#777777", ls=":", lw=1.2))  # fmt: skip
@@ -148,6 +165,9 @@ def qlora_dataflow(compute_dtype: str = "bf16"):
     ax.text(11.0, 3.1, "+", ha="center", va="center", fontsize=16)
     _box(ax, 12.3, 3.1, 1.2, 1.0, "output\nh", NEUTRAL_COLOR)
 
+
+def _qlora_arrows(ax, compute_dtype: str) -> None:
+    """The QLoRA diagram's arrows (forward solid, backward dashed) and its captions."""
     _arrow(ax, (3.9, 5.5), (5.0, 5.1))
     _arrow(ax, (3.9, 4.4), (5.0, 4.8))
     _arrow(ax, (7.6, 4.95), (8.2, 4.95), text=f"W in {compute_dtype}", text_offset=(0, 0.7))
@@ -165,17 +185,6 @@ def qlora_dataflow(compute_dtype: str = "bf16"):
             fontsize=8, color=GRAD_COLOR)  # fmt: skip
     ax.text(6.5, 7.0, "QLoRA: h = dequant(NF4 W) x + (alpha/r) B A x", ha="center", va="center",
             fontsize=12, fontweight="bold")  # fmt: skip
-    _legend(
-        ax,
-        [
-            ("frozen (no gradient)", FROZEN_COLOR),
-            ("trained", TRAINED_COLOR),
-            ("computed on the fly", NEUTRAL_COLOR),
-        ],
-        loc="upper right",
-    )
-    fig.tight_layout()
-    return fig
 
 
 # The parts memory_breakdown draws, in stacking order: MemoryBudget attribute -> legend label.
