@@ -58,23 +58,38 @@ def _isclose(a: float, b: float, rel_tol: float = 1e-9, abs_tol: float = 0.0) ->
     a, b = float(a), float(b)
     return abs(a - b) <= max(rel_tol * max(abs(a), abs(b)), abs_tol)
 
+
 # SmolLM2-135M-Instruct's shapes (its config.json): what exercise 1 and 4 count with.
 SMOLLM2_SHAPE = dict(layers=30, hidden=576, intermediate=1536, heads=9, kv_heads=3, head_dim=64, vocab=49152)
 
 # bitsandbytes' NF4 code: 16 values, normal quantiles scaled to [-1, 1], with an exact zero.
 NF4_CODE = [
-    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
-    -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
-    0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
-    0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
-]  # fmt: skip
+    -1.0,
+    -0.6961928009986877,
+    -0.5250730514526367,
+    -0.39491748809814453,
+    -0.28444138169288635,
+    -0.18477343022823334,
+    -0.09105003625154495,
+    0.0,
+    0.07958029955625534,
+    0.16093020141124725,
+    0.24611230194568634,
+    0.33791524171829224,
+    0.44070982933044434,
+    0.5626170039176941,
+    0.7229568362236023,
+    1.0,
+]
 
 
 def _close(got, want, rel=1e-9, what="the value") -> None:
     assert isinstance(got, (int, float)) and not isinstance(got, bool), (
         f"{what} should be a number, got {type(got).__name__} ({got!r})"
     )
-    assert _isclose(float(got), float(want), rel_tol=rel, abs_tol=1e-12), f"{what}: got {got}, expected {want}"
+    assert _isclose(float(got), float(want), rel_tol=rel, abs_tol=1e-12), (
+        f"{what}: got {got}, expected {want}"
+    )
 
 
 # ---------------------------------------------------------------- 1. memory arithmetic
@@ -84,14 +99,25 @@ def _memory_shape():
     from lora101.memory import ModelShape
 
     s = SMOLLM2_SHAPE
-    return ModelShape("smollm2-135m", s["hidden"], s["layers"], s["intermediate"], s["vocab"], s["heads"],
-                      s["kv_heads"], s["head_dim"], True)  # fmt: skip
+    return ModelShape(
+        "smollm2-135m",
+        s["hidden"],
+        s["layers"],
+        s["intermediate"],
+        s["vocab"],
+        s["heads"],
+        s["kv_heads"],
+        s["head_dim"],
+        True,
+    )
 
 
 def lora_params(fn) -> None:
     """``fn(d_in, d_out, r)``: the adapter parameters of one linear layer, ``r * (d_in + d_out)``."""
     got = fn(576, 576, 8)
-    assert got != 576 * 576, "that is the layer's own weight count; the adapter is A (r x d_in) plus B (d_out x r)"
+    assert got != 576 * 576, (
+        "that is the layer's own weight count; the adapter is A (r x d_in) plus B (d_out x r)"
+    )
     _close(got, 8 * (576 + 576), what="lora_params(576, 576, 8)")
     got = fn(576, 192, 4)
     assert got != 2 * 576 * 4, (
@@ -109,7 +135,11 @@ def linear_shapes(fn) -> None:
     for name, (fin, fout) in want.items():
         assert tuple(got[name]) == (fin, fout), (
             f"{name}: got {tuple(got[name])}, expected (in_features, out_features) = {(fin, fout)}"
-            + ("; k/v project to kv_heads * head_dim (grouped-query attention)" if name in ("k_proj", "v_proj") else "")
+            + (
+                "; k/v project to kv_heads * head_dim (grouped-query attention)"
+                if name in ("k_proj", "v_proj")
+                else ""
+            )
             + ("; (in, out), not (out, in)" if tuple(got[name]) == (fout, fin) else "")
         )
 
@@ -123,7 +153,9 @@ def model_lora_params(fn) -> None:
         want = lora_parameter_count(shape, r, targets)
         got = fn(dict(SMOLLM2_SHAPE), r, list(targets))
         if isinstance(got, (int, float)) and got * SMOLLM2_SHAPE["layers"] == want:
-            raise AssertionError(f"r={r}, {targets}: {got} is one layer; every one of the 30 blocks has these projections")
+            raise AssertionError(
+                f"r={r}, {targets}: {got} is one layer; every one of the 30 blocks has these projections"
+            )
         _close(got, want, what=f"model_lora_params(SMOLLM2, r={r}, {targets})")
 
 
@@ -146,16 +178,26 @@ def training_memory(fn) -> None:
     """``fn(n_params, method, n_trainable)`` in decimal GB under the notebook's stated assumptions."""
     got = fn(7e9, "full", 0)
     if isinstance(got, (int, float)):
-        assert not _isclose(got, 7e9 * 12 / 1e9), "full fine-tuning: 12 B/param forgets the fp32 master copy (4 B)"
+        assert not _isclose(got, 7e9 * 12 / 1e9), (
+            "full fine-tuning: 12 B/param forgets the fp32 master copy (4 B)"
+        )
         assert not _isclose(got, 7e9 * 16 / 2**30), "use decimal gigabytes (1e9 bytes), as GPU spec sheets do"
     _close(got, reference_memory_gb(7e9, "full"), rel=1e-6, what="training_memory_gb(7e9, 'full')")
     got = fn(7e9, "lora", 40e6)
-    _close(got, reference_memory_gb(7e9, "lora", 40e6), rel=1e-6,
-           what="training_memory_gb(7e9, 'lora', 40e6) (frozen bf16 base: weights only; adapters pay 16 B each)")
+    _close(
+        got,
+        reference_memory_gb(7e9, "lora", 40e6),
+        rel=1e-6,
+        what="training_memory_gb(7e9, 'lora', 40e6) (frozen bf16 base: weights only; adapters pay 16 B each)",
+    )
     got = fn(7e9, "qlora", 40e6)
     if isinstance(got, (int, float)) and _isclose(got, (7e9 * 0.5 + 40e6 * 16) / 1e9):
-        raise AssertionError("qlora: 4 bits is only the codes; each block of 64 also stores its (quantised) absmax")
-    _close(got, reference_memory_gb(7e9, "qlora", 40e6), rel=1e-6, what="training_memory_gb(7e9, 'qlora', 40e6)")
+        raise AssertionError(
+            "qlora: 4 bits is only the codes; each block of 64 also stores its (quantised) absmax"
+        )
+    _close(
+        got, reference_memory_gb(7e9, "qlora", 40e6), rel=1e-6, what="training_memory_gb(7e9, 'qlora', 40e6)"
+    )
 
 
 # ---------------------------------------------------------------- 2. a LoRA layer (float32 or bf16 base, rsLoRA)
@@ -214,19 +256,27 @@ def lora_init(cls, fin=20, fout=12, r=4, alpha=8.0, use_rslora=False, dtype=torc
     alpha / sqrt(r) with ``use_rslora=True``)."""
     base, w0, layer = _layer(cls, fin, fout, r, alpha, use_rslora=use_rslora, dtype=dtype)
     for name in ("lora_A", "lora_B"):
-        assert isinstance(getattr(layer, name, None), nn.Parameter), f"{name} should be an nn.Parameter (trainable)"
+        assert isinstance(getattr(layer, name, None), nn.Parameter), (
+            f"{name} should be an nn.Parameter (trainable)"
+        )
     A, B = layer.lora_A, layer.lora_B
     assert tuple(A.shape) == (r, fin), (
         f"lora_A has shape {tuple(A.shape)}; expected (r, in_features) = {(r, fin)}: A maps the input down to r"
     )
-    assert tuple(B.shape) == (fout, r), f"lora_B has shape {tuple(B.shape)}; expected (out_features, r) = {(fout, r)}"
+    assert tuple(B.shape) == (fout, r), (
+        f"lora_B has shape {tuple(B.shape)}; expected (out_features, r) = {(fout, r)}"
+    )
     assert A.dtype == torch.float32 and B.dtype == torch.float32, (
         f"lora_A is {_dtype_name(A.dtype)} and lora_B {_dtype_name(B.dtype)} on a {_dtype_name(dtype)} base: the "
         "adapter is created in float32 whatever the base's dtype (bf16 keeps 8 significant bits, so small "
         "optimizer steps on bf16 weights round away)"
     )
-    assert torch.count_nonzero(B.detach()) == 0, "lora_B must start at zero, so that a new adapter changes nothing"
-    assert torch.count_nonzero(A.detach()) > 0, "lora_A must not start at zero: with A = B = 0 no gradient reaches B"
+    assert torch.count_nonzero(B.detach()) == 0, (
+        "lora_B must start at zero, so that a new adapter changes nothing"
+    )
+    assert torch.count_nonzero(A.detach()) > 0, (
+        "lora_A must not start at zero: with A = B = 0 no gradient reaches B"
+    )
     assert A.requires_grad and B.requires_grad, "A and B are what trains: they need requires_grad=True"
     assert not base.weight.requires_grad, "the base weight must be frozen (requires_grad=False)"
     assert not _isclose(float(layer.scaling), r / alpha), "scaling is alpha / r, not r / alpha"
@@ -243,8 +293,12 @@ def lora_init(cls, fin=20, fout=12, r=4, alpha=8.0, use_rslora=False, dtype=torc
     x = torch.randn(3, fin).to(dtype)
     with torch.no_grad():
         got = _call(layer, x)
-        assert got.dtype == dtype, f"a {_dtype_name(dtype)} input on a {_dtype_name(dtype)} base gave {_dtype_name(got.dtype)}"
-        assert torch.allclose(got.float(), base(x).float(), atol=1e-6), "with B = 0 the layer's output must equal the base's"
+        assert got.dtype == dtype, (
+            f"a {_dtype_name(dtype)} input on a {_dtype_name(dtype)} base gave {_dtype_name(got.dtype)}"
+        )
+        assert torch.allclose(got.float(), base(x).float(), atol=1e-6), (
+            "with B = 0 the layer's output must equal the base's"
+        )
 
 
 def _bf16_tolerance(want: torch.Tensor) -> float:
@@ -252,7 +306,9 @@ def _bf16_tolerance(want: torch.Tensor) -> float:
     return 4 * 2.0**-8 * float(want.float().abs().max()) + 1e-6
 
 
-def lora_forward(cls, fin=20, fout=12, r=4, alpha=8.0, batch_shape=(3,), use_rslora=False, dtype=torch.float32) -> None:
+def lora_forward(
+    cls, fin=20, fout=12, r=4, alpha=8.0, batch_shape=(3,), use_rslora=False, dtype=torch.float32
+) -> None:
     """With a non-zero B, forward equals base(x) + scaling * x A^T B^T (lora101.lora.LoRALinear's output), in
     the base's dtype."""
     base, _, layer = _layer(cls, fin, fout, r, alpha, use_rslora=use_rslora, dtype=dtype)
@@ -262,7 +318,9 @@ def lora_forward(cls, fin=20, fout=12, r=4, alpha=8.0, batch_shape=(3,), use_rsl
     x = torch.randn(*batch_shape, fin).to(dtype)
     with torch.no_grad():
         got, want = _call(layer, x), ref(x)
-        assert tuple(got.shape) == tuple(want.shape), f"output shape {tuple(got.shape)}, expected {tuple(want.shape)}"
+        assert tuple(got.shape) == tuple(want.shape), (
+            f"output shape {tuple(got.shape)}, expected {tuple(want.shape)}"
+        )
         assert got.dtype == want.dtype, (
             f"on a {_dtype_name(dtype)} base the output should be {_dtype_name(want.dtype)} (the next layer expects "
             f"it), got {_dtype_name(got.dtype)}: cast the float32 adapter path back before adding it"
@@ -270,10 +328,14 @@ def lora_forward(cls, fin=20, fout=12, r=4, alpha=8.0, batch_shape=(3,), use_rsl
         atol = 1e-5 if dtype == torch.float32 else _bf16_tolerance(want)
         s = _scaling(r, alpha, use_rslora)
         unscaled = base(x).float() + x.float() @ layer.lora_A.T @ layer.lora_B.T
-        assert not (s != 1 and torch.allclose(got.float(), unscaled, atol=atol)), "the adapter's output must be scaled"
+        assert not (s != 1 and torch.allclose(got.float(), unscaled, atol=atol)), (
+            "the adapter's output must be scaled"
+        )
         if use_rslora:
             plain = base(x).float() + (alpha / r) * (x.float() @ layer.lora_A.T @ layer.lora_B.T)
-            assert not torch.allclose(got.float(), plain, atol=atol), "use_rslora=True: scale by alpha / sqrt(r), not alpha / r"
+            assert not torch.allclose(got.float(), plain, atol=atol), (
+                "use_rslora=True: scale by alpha / sqrt(r), not alpha / r"
+            )
         diff = (got.float() - want.float()).abs().max()
         assert diff <= atol, (
             f"forward differs from base(x) + scaling * x @ A.T @ B.T by up to {diff:.3g} (allowed {atol:.2g})"
@@ -300,7 +362,9 @@ def lora_merge(cls, fin=20, fout=12, r=4, alpha=8.0, use_rslora=False, dtype=tor
         exact = w0.double() + delta
         rtol = 1e-5 if dtype == torch.float32 else 2.0**-7  # one unit in bf16's last place: any fair rounding
         ok = ((base.weight.double() - exact).abs() <= rtol * exact.abs() + 1e-6).all()
-        unscaled = ((base.weight.double() - (w0.double() + delta / s)).abs() <= rtol * exact.abs() + 1e-6).all()
+        unscaled = (
+            (base.weight.double() - (w0.double() + delta / s)).abs() <= rtol * exact.abs() + 1e-6
+        ).all()
         assert ok, "after merge() the base weight should be W + scaling * B @ A" + (
             " (the scaling is missing)" if unscaled and s != 1 else ""
         )
@@ -312,11 +376,15 @@ def lora_merge(cls, fin=20, fout=12, r=4, alpha=8.0, use_rslora=False, dtype=tor
         )
         layer.unmerge()
         assert getattr(layer, "merged", None) is False, "after unmerge(), layer.merged should be False"
-        assert base.weight.dtype == dtype, f"unmerge() changed the weight's dtype to {_dtype_name(base.weight.dtype)}"
+        assert base.weight.dtype == dtype, (
+            f"unmerge() changed the weight's dtype to {_dtype_name(base.weight.dtype)}"
+        )
         wrong = (base.weight != w0).sum().item()
         off = (base.weight.float() - w0.float()).abs().max().item()
         if torch.equal(base.weight, merged_weight):
-            raise AssertionError("unmerge() left the merged weight in place: it should restore the original weight")
+            raise AssertionError(
+                "unmerge() left the merged weight in place: it should restore the original weight"
+            )
         why = f" (by up to {off:.2g}): W + d is rounded to the weight's precision, so subtracting d again does not give W"
         if dtype != torch.float32:
             why += f" back ({_dtype_name(dtype)} keeps only 8 significant bits)"
@@ -324,7 +392,9 @@ def lora_merge(cls, fin=20, fout=12, r=4, alpha=8.0, use_rslora=False, dtype=tor
         assert wrong == 0, (
             f"unmerge() should restore the original weight bit for bit; {wrong} of {w0.numel()} entries differ{why}"
         )
-        assert torch.allclose(layer(x).float(), before.float(), atol=1e-6), "after unmerge() the forward should be as before"
+        assert torch.allclose(layer(x).float(), before.float(), atol=1e-6), (
+            "after unmerge() the forward should be as before"
+        )
 
 
 # ---------------------------------------------------------------- 3. NF4
@@ -345,7 +415,9 @@ def reference_codes(w: torch.Tensor, blocksize: int) -> torch.Tensor:
     code = torch.tensor(NF4_CODE)
     flat = w.reshape(-1).float()
     scale = reference_absmax(w, blocksize).repeat_interleave(blocksize)[: flat.numel()]
-    scale = torch.where(scale == 0, torch.ones_like(scale), scale)  # 0 / 0 would be NaN; the values are 0 anyway
+    scale = torch.where(
+        scale == 0, torch.ones_like(scale), scale
+    )  # 0 / 0 would be NaN; the values are 0 anyway
     return (flat / scale).unsqueeze(1).sub(code).abs().argmin(1).to(torch.uint8)
 
 
@@ -361,11 +433,17 @@ def absmax_blocks(fn) -> None:
     got = fn(w, 64)
     assert isinstance(got, torch.Tensor), f"return a tensor, got {type(got).__name__}"
     assert got.numel() == 5, f"320 values in blocks of 64 make 5 blocks, got {got.numel()} constants"
-    assert torch.allclose(got.reshape(-1).float(), reference_absmax(w, 64)), "each constant is max(|w|) over its block"
+    assert torch.allclose(got.reshape(-1).float(), reference_absmax(w, 64)), (
+        "each constant is max(|w|) over its block"
+    )
     w = _gauss(64 * 3 + 10, seed=1)
     got = fn(w, 64)
-    assert got.numel() == 4, f"202 values in blocks of 64: 3 full blocks and a partial one, 4 constants; got {got.numel()}"
-    assert torch.allclose(got.reshape(-1).float(), reference_absmax(w, 64)), "the partial last block gets its own absmax"
+    assert got.numel() == 4, (
+        f"202 values in blocks of 64: 3 full blocks and a partial one, 4 constants; got {got.numel()}"
+    )
+    assert torch.allclose(got.reshape(-1).float(), reference_absmax(w, 64)), (
+        "the partial last block gets its own absmax"
+    )
     assert got.dtype == torch.float32, f"return float32 constants, got {got.dtype}"
     w = torch.cat([_gauss(64), torch.zeros(64), _gauss(64, seed=3)])
     got = fn(w, 64)
@@ -384,7 +462,9 @@ def nf4_codes(fn) -> None:
     )
     want = reference_codes(w, 64)
     bad = (got.reshape(-1).to(torch.int64) != want.to(torch.int64)).sum().item()
-    assert bad == 0, f"{bad} of {w.numel()} codes differ from the nearest NF4 value to w / absmax (its block's)"
+    assert bad == 0, (
+        f"{bad} of {w.numel()} codes differ from the nearest NF4 value to w / absmax (its block's)"
+    )
     # Exact ties: a block whose absmax is 1, holding values exactly halfway between two NF4 values.
     ties = list(NF4_TIES)
     w = torch.tensor([1.0] + ties + [0.0] * (64 - 1 - len(ties)))
@@ -409,10 +489,16 @@ def pack_nibbles(fn) -> None:
     got = fn(codes)
     assert isinstance(got, torch.Tensor) and got.dtype == torch.uint8, "pack into a uint8 tensor"
     assert got.numel() == 3, f"6 codes make 3 bytes, got {got.numel()}"
-    assert got.reshape(-1).tolist() != [0x21, 0x0F, 0x87], "nibble order: bitsandbytes puts the FIRST code in the HIGH nibble"
-    assert got.reshape(-1).tolist() == [0x12, 0xF0, 0x78], f"expected bytes [0x12, 0xF0, 0x78], got {got.reshape(-1).tolist()}"
+    assert got.reshape(-1).tolist() != [0x21, 0x0F, 0x87], (
+        "nibble order: bitsandbytes puts the FIRST code in the HIGH nibble"
+    )
+    assert got.reshape(-1).tolist() == [0x12, 0xF0, 0x78], (
+        f"expected bytes [0x12, 0xF0, 0x78], got {got.reshape(-1).tolist()}"
+    )
     got = fn(torch.tensor([3, 4, 5], dtype=torch.uint8))
-    assert got.reshape(-1).tolist() == [0x34, 0x50], "an odd count: the last byte holds the last code and a zero low nibble"
+    assert got.reshape(-1).tolist() == [0x34, 0x50], (
+        "an odd count: the last byte holds the last code and a zero low nibble"
+    )
 
 
 def dequantize(fn, quantize) -> None:
@@ -423,7 +509,9 @@ def dequantize(fn, quantize) -> None:
     assert isinstance(got, torch.Tensor) and got.numel() == w.numel(), f"expected {w.numel()} values back"
     code = torch.tensor(NF4_CODE)
     want = code[reference_codes(w, 64).long()] * reference_absmax(w, 64).repeat_interleave(64)[: w.numel()]
-    assert torch.allclose(got.reshape(-1).float(), want, atol=1e-7), "each value is NF4_CODE[code] * absmax of its block"
+    assert torch.allclose(got.reshape(-1).float(), want, atol=1e-7), (
+        "each value is NF4_CODE[code] * absmax of its block"
+    )
     assert got.dtype == torch.float32, f"return float32 values, got {got.dtype}"
 
 
@@ -432,7 +520,9 @@ def bits_per_param(fn) -> None:
     _close(fn(64, False), 4 + 32 / 64, what="bits_per_param(64, double_quant=False)")
     got = fn(64, True)
     if isinstance(got, (int, float)) and _isclose(got, 4 + 8 / 64):
-        raise AssertionError("double quantisation also stores an fp32 constant per 256 blocks: 32 / (64 * 256) bits")
+        raise AssertionError(
+            "double quantisation also stores an fp32 constant per 256 blocks: 32 / (64 * 256) bits"
+        )
     _close(got, 4 + 8 / 64 + 32 / (64 * 256), what="bits_per_param(64, double_quant=True)")
 
 
@@ -443,7 +533,9 @@ def bnb_config(cfg) -> None:
     """The stated constraints: 4-bit NF4, double quantisation, compute in bfloat16."""
     from transformers import BitsAndBytesConfig
 
-    assert isinstance(cfg, BitsAndBytesConfig), f"return a transformers.BitsAndBytesConfig, got {type(cfg).__name__}"
+    assert isinstance(cfg, BitsAndBytesConfig), (
+        f"return a transformers.BitsAndBytesConfig, got {type(cfg).__name__}"
+    )
     assert cfg.load_in_4bit and not cfg.load_in_8bit, "load the base in 4 bits (load_in_4bit=True)"
     assert cfg.bnb_4bit_quant_type == "nf4", f"quant type {cfg.bnb_4bit_quant_type!r}: QLoRA uses 'nf4'"
     assert cfg.bnb_4bit_use_double_quant, "double quantisation saves about 0.37 bits a parameter: turn it on"
@@ -455,11 +547,17 @@ def bnb_config(cfg) -> None:
 def _smollm2_module_names() -> list[str]:
     """The full names of SmolLM2's linear layers, as PEFT matches ``target_modules`` against them."""
     attn = [f"model.layers.{i}.self_attn.{p}_proj" for i in range(SMOLLM2_SHAPE["layers"]) for p in "qkvo"]
-    mlp = [f"model.layers.{i}.mlp.{p}_proj" for i in range(SMOLLM2_SHAPE["layers"]) for p in ("gate", "up", "down")]
+    mlp = [
+        f"model.layers.{i}.mlp.{p}_proj"
+        for i in range(SMOLLM2_SHAPE["layers"])
+        for p in ("gate", "up", "down")
+    ]
     return attn + mlp + ["lm_head"]
 
 
-def lora_config(cfg, r=16, scaling=4.0, dropout=0.05, targets=("q_proj", "k_proj", "v_proj", "o_proj")) -> None:
+def lora_config(
+    cfg, r=16, scaling=4.0, dropout=0.05, targets=("q_proj", "k_proj", "v_proj", "o_proj")
+) -> None:
     """A peft.LoraConfig with the stated rank, rsLoRA scaling, dropout, attention targets and task type.
     ``target_modules`` may be a list or set of names or a regular expression: it is judged by the modules of
     SmolLM2 that PEFT would adapt with it."""
@@ -486,7 +584,11 @@ def lora_config(cfg, r=16, scaling=4.0, dropout=0.05, targets=("q_proj", "k_proj
     assert adapted == want, (
         f"target_modules={cfg.target_modules!r} adapts {len(adapted)} of SmolLM2's linear layers ({kinds}); the "
         f"constraint is the four attention projections {list(targets)} of every block ({len(want)} layers)"
-        + ("; a single string is a regular expression over the whole module name" if isinstance(cfg.target_modules, str) else "")
+        + (
+            "; a single string is a regular expression over the whole module name"
+            if isinstance(cfg.target_modules, str)
+            else ""
+        )
     )
     assert str(getattr(cfg.task_type, "value", cfg.task_type)) == "CAUSAL_LM", "task_type should be CAUSAL_LM"
     assert cfg.bias == "none", "train no biases (bias='none'): SmolLM2's projections have none anyway"
@@ -528,8 +630,13 @@ def reference_route(c: dict) -> str:
 
 def route_cases() -> list[dict]:
     """Constraint sets that walk every branch of the path (a 7B model on a 12 GB GPU among them: QLoRA)."""
-    base = dict(prompting_good_enough=False, task_boundary_clear=True, n_params=7e9, gpu_memory_gb=12,
-                want_full_capacity=False)  # fmt: skip
+    base = dict(
+        prompting_good_enough=False,
+        task_boundary_clear=True,
+        n_params=7e9,
+        gpu_memory_gb=12,
+        want_full_capacity=False,
+    )
     cases = [
         base,
         {**base, "prompting_good_enough": True},

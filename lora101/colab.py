@@ -111,7 +111,9 @@ def _refresh_nbgrader_checksum(cell: dict) -> None:
         import nbformat
         from nbgrader.utils import compute_checksum
     except ImportError:
-        raise ImportError("exercises need nbgrader to re-lock their set-up cell: pip install 'lora101[instructor]'") from None
+        raise ImportError(
+            "exercises need nbgrader to re-lock their set-up cell: pip install 'lora101[instructor]'"
+        ) from None
     node = nbformat.from_dict({**cell, "source": "".join(cell["source"])})
     meta["checksum"] = compute_checksum(node)
 

@@ -63,7 +63,9 @@ class Situation:
     needs_new_knowledge: bool = False
     data_is_good: bool = True
     want_full_capacity: bool = False
-    many_variants: bool = False  # one base serving several task variants (adapters are small to store and swap)
+    many_variants: bool = (
+        False  # one base serving several task variants (adapters are small to store and swap)
+    )
     batch_size: int = 1
     seq_len: int = 2048
     gradient_checkpointing: bool = True
@@ -72,8 +74,14 @@ class Situation:
         if isinstance(self.n_params, str):
             if self.n_params not in PRESETS:
                 raise ValueError(f"n_params: {self.n_params!r} is not a preset; presets: {list(PRESETS)}")
-        elif isinstance(self.n_params, bool) or not isinstance(self.n_params, (int, float)) or not self.n_params >= 1e6:
-            raise ValueError(f"n_params must be a parameter count of at least 1e6 or a preset name, got {self.n_params!r}")
+        elif (
+            isinstance(self.n_params, bool)
+            or not isinstance(self.n_params, (int, float))
+            or not self.n_params >= 1e6
+        ):
+            raise ValueError(
+                f"n_params must be a parameter count of at least 1e6 or a preset name, got {self.n_params!r}"
+            )
         value = self.gpu_memory_gb
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
             raise ValueError(f"gpu_memory_gb must be a positive number, got {value!r}")
@@ -103,16 +111,24 @@ class Decision:
         return ROUTES[self.route]
 
     def explain(self) -> str:
-        return "\n".join([*(f"{i}. {s}" for i, s in enumerate(self.steps, 1)), f"-> {self.route}: {self.summary}"])
+        return "\n".join(
+            [*(f"{i}. {s}" for i, s in enumerate(self.steps, 1)), f"-> {self.route}: {self.summary}"]
+        )
 
 
 def memory_needed(situation: Situation) -> dict[str, MemoryBudget]:
     """Lesson 1's predicted budgets for full fine-tuning, LoRA and QLoRA in ``situation`` (see :data:`TRAINING`)."""
     s = situation
     return {
-        method: estimate_memory(s.n_params, method, batch_size=s.batch_size, seq_len=s.seq_len,
-                                gradient_checkpointing=s.gradient_checkpointing, master_weights=(method == "full"),
-                                **TRAINING)  # fmt: skip
+        method: estimate_memory(
+            s.n_params,
+            method,
+            batch_size=s.batch_size,
+            seq_len=s.seq_len,
+            gradient_checkpointing=s.gradient_checkpointing,
+            master_weights=(method == "full"),
+            **TRAINING,
+        )
         for method in ("full", "lora", "qlora")
     }
 
@@ -135,24 +151,34 @@ def decide(situation: Situation | None = None, /, **kwargs) -> Decision:
     if not s.task_boundary_clear:
         return Decision("clarify", (*steps, "the task boundary is clear: no"))
     steps.append("the task boundary is clear: yes")
-    for flag, route, question in ((not s.base_is_strong, "better_base", "the base model is strong enough"),
-                                  (s.needs_new_knowledge, "retrieval", "no large body of new knowledge is needed"),
-                                  (not s.data_is_good, "fix_data", "the training data is good")):
+    for flag, route, question in (
+        (not s.base_is_strong, "better_base", "the base model is strong enough"),
+        (s.needs_new_knowledge, "retrieval", "no large body of new knowledge is needed"),
+        (not s.data_is_good, "fix_data", "the training data is good"),
+    ):
         if flag:
             return Decision(route, (*steps, f"{question}: no"))
         steps.append(f"{question}: yes")
     need = {method: b.total / GB for method, b in memory_needed(s).items()}
     have = s.gpu_memory_gb
-    steps.append(f"memory by lesson 1's predictor: batch {s.batch_size} x {s.seq_len} tokens, gradient "
-                 f"checkpointing {'on' if s.gradient_checkpointing else 'off'}, bf16, AdamW, LoRA r=16 on all linear layers")
+    steps.append(
+        f"memory by lesson 1's predictor: batch {s.batch_size} x {s.seq_len} tokens, gradient "
+        f"checkpointing {'on' if s.gradient_checkpointing else 'off'}, bf16, AdamW, LoRA r=16 on all linear layers"
+    )
     full_fits = need["full"] <= have
     steps.append(f"full fine-tuning needs {need['full']:.3g} GB of {have:g} GB: {_fit(need['full'], have)}")
     if full_fits and s.want_full_capacity:
         return Decision("full", (*steps, "the task wants every weight to change: yes"))
     n = s.total_params
     if full_fits and n < SMALL_MODEL and not s.many_variants:
-        return Decision("full", (*steps, f"the model is small ({n / 1e9:.3g}B < 1B) and one variant is "
-                                         "needed: full fine-tuning is the simpler choice"))
+        return Decision(
+            "full",
+            (
+                *steps,
+                f"the model is small ({n / 1e9:.3g}B < 1B) and one variant is "
+                "needed: full fine-tuning is the simpler choice",
+            ),
+        )
     for route, label in (("lora", "LoRA on the 16-bit base"), ("qlora", "QLoRA on the 4-bit base")):
         steps.append(f"{label} needs {need[route]:.3g} GB: {_fit(need[route], have)}")
         if need[route] <= have:

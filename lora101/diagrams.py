@@ -26,9 +26,15 @@ def _box(ax, x, y, w, h, text, color, *, fontsize=10, bold=False, dashed=False):
     from matplotlib.patches import FancyBboxPatch
 
     patch = FancyBboxPatch(
-        (x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.02,rounding_size=0.08",
-        facecolor=color, edgecolor="#333333", lw=1.2, ls="--" if dashed else "-",
-    )  # fmt: skip
+        (x - w / 2, y - h / 2),
+        w,
+        h,
+        boxstyle="round,pad=0.02,rounding_size=0.08",
+        facecolor=color,
+        edgecolor="#333333",
+        lw=1.2,
+        ls="--" if dashed else "-",
+    )
     ax.add_patch(patch)
     ax.text(x, y, text, ha="center", va="center", fontsize=fontsize, fontweight="bold" if bold else "normal")
     return patch
@@ -37,10 +43,19 @@ def _box(ax, x, y, w, h, text, color, *, fontsize=10, bold=False, dashed=False):
 def _arrow(ax, start, end, *, color="#333333", dashed=False, text=None, text_offset=(0.0, 0.12), rad=0.0):
     """An arrow from ``start`` to ``end`` (data coordinates), optionally labelled at its midpoint."""
     ax.annotate(
-        "", xy=end, xytext=start,
-        arrowprops={"arrowstyle": "-|>", "color": color, "lw": 1.4, "ls": "--" if dashed else "-",
-                    "shrinkA": 2, "shrinkB": 2, "connectionstyle": f"arc3,rad={rad}"},
-    )  # fmt: skip
+        "",
+        xy=end,
+        xytext=start,
+        arrowprops={
+            "arrowstyle": "-|>",
+            "color": color,
+            "lw": 1.4,
+            "ls": "--" if dashed else "-",
+            "shrinkA": 2,
+            "shrinkB": 2,
+            "connectionstyle": f"arc3,rad={rad}",
+        },
+    )
     if text:
         mx, my = (start[0] + end[0]) / 2 + text_offset[0], (start[1] + end[1]) / 2 + text_offset[1]
         ax.text(mx, my, text, ha="center", va="center", fontsize=8, color=color)
@@ -103,8 +118,14 @@ def lora_bypass(r: int = 8, alpha: float = 16, d: int | None = None, k: int | No
     _arrow(ax, (9.72, 3.2), (10.05, 3.2))
 
     ax.text(6.0, 6.25, "h = W x + (alpha/r) B A x", ha="center", va="center", fontsize=13, fontweight="bold")
-    ax.text(5.4, 0.35, f"trainable: r (d + k) = {r}({ds} + {ks}) numbers instead of d k = {ds} x {ks}",
-            ha="center", va="center", fontsize=9)  # fmt: skip
+    ax.text(
+        5.4,
+        0.35,
+        f"trainable: r (d + k) = {r}({ds} + {ks}) numbers instead of d k = {ds} x {ks}",
+        ha="center",
+        va="center",
+        fontsize=9,
+    )
     _legend(ax, [("frozen (no gradient)", FROZEN_COLOR), ("trained", TRAINED_COLOR)], loc="upper left")
     fig.tight_layout()
     return fig
@@ -141,12 +162,30 @@ def _qlora_boxes(ax, compute_dtype: str) -> None:
     from matplotlib.patches import Circle, FancyBboxPatch
 
     # Storage: what sits in GPU memory between steps.
-    ax.add_patch(FancyBboxPatch((0.2, 3.6), 4.0, 3.2, boxstyle="round,pad=0.02,rounding_size=0.1",
-                                facecolor="none", edgecolor="#777777", ls=":", lw=1.2))  # fmt: skip
+    ax.add_patch(
+        FancyBboxPatch(
+            (0.2, 3.6),
+            4.0,
+            3.2,
+            boxstyle="round,pad=0.02,rounding_size=0.1",
+            facecolor="none",
+            edgecolor="#777777",
+            ls=":",
+            lw=1.2,
+        )
+    )
     ax.text(2.2, 6.55, "storage (frozen, no gradient)", ha="center", va="center", fontsize=9, color="#555555")
     _box(ax, 2.2, 5.6, 3.4, 1.0, "NF4 codes of W\n4 bits per weight", FROZEN_COLOR, bold=True)
-    _box(ax, 2.2, 4.3, 3.4, 1.0, "absmax constants, 1 per 64 weights\n(double-quantised to 8 bits)",
-         FROZEN_COLOR, fontsize=8)  # fmt: skip
+    _box(
+        ax,
+        2.2,
+        4.3,
+        3.4,
+        1.0,
+        "absmax constants, 1 per 64 weights\n(double-quantised to 8 bits)",
+        FROZEN_COLOR,
+        fontsize=8,
+    )
     _box(
         ax,
         6.3,
@@ -179,12 +218,34 @@ def _qlora_arrows(ax, compute_dtype: str) -> None:
     _arrow(ax, (11.32, 3.1), (11.7, 3.1))
     # Backward: gradients reach A and B only.
     _arrow(ax, (10.8, 2.75), (7.9, 0.75), color=GRAD_COLOR, dashed=True, rad=-0.25)
-    _arrow(ax, (7.3, 0.7), (4.7, 0.7), color=GRAD_COLOR, dashed=True, rad=-0.2,
-           text="gradients flow only into A and B", text_offset=(0, -0.55))  # fmt: skip
-    ax.text(5.0, 3.35, "no gradient for W: the 4-bit codes never change", ha="center", va="center",
-            fontsize=8, color=GRAD_COLOR)  # fmt: skip
-    ax.text(6.5, 7.0, "QLoRA: h = dequant(NF4 W) x + (alpha/r) B A x", ha="center", va="center",
-            fontsize=12, fontweight="bold")  # fmt: skip
+    _arrow(
+        ax,
+        (7.3, 0.7),
+        (4.7, 0.7),
+        color=GRAD_COLOR,
+        dashed=True,
+        rad=-0.2,
+        text="gradients flow only into A and B",
+        text_offset=(0, -0.55),
+    )
+    ax.text(
+        5.0,
+        3.35,
+        "no gradient for W: the 4-bit codes never change",
+        ha="center",
+        va="center",
+        fontsize=8,
+        color=GRAD_COLOR,
+    )
+    ax.text(
+        6.5,
+        7.0,
+        "QLoRA: h = dequant(NF4 W) x + (alpha/r) B A x",
+        ha="center",
+        va="center",
+        fontsize=12,
+        fontweight="bold",
+    )
 
 
 # The parts memory_breakdown draws, in stacking order: MemoryBudget attribute -> legend label.
@@ -204,8 +265,9 @@ _PART_COLORS = {
 }
 
 
-def memory_breakdown(model="Llama-2-7B", *, r: int = 8, batch_size: int = 1, seq_len: int = 512, unit="GB",
-                     **estimate_kwargs):  # fmt: skip
+def memory_breakdown(
+    model="Llama-2-7B", *, r: int = 8, batch_size: int = 1, seq_len: int = 512, unit="GB", **estimate_kwargs
+):
     """Stacked bars of training memory for full fine-tuning, LoRA and QLoRA on ``model``.
 
     Every number comes from :func:`lora101.memory.estimate_memory` (``model``: a preset name such as

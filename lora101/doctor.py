@@ -90,15 +90,22 @@ def check_torch() -> Check:
     try:
         import torch
     except ImportError:
-        return Check("torch devices", "FAIL", "torch is not installed", "run `make setup` (see README for a CUDA build)")
+        return Check(
+            "torch devices",
+            "FAIL",
+            "torch is not installed",
+            "run `make setup` (see README for a CUDA build)",
+        )
     from lora101.models import has_native_bf16
 
     devices = ["cpu"]
     if torch.cuda.is_available():
         major, minor = torch.cuda.get_device_capability(0)
         compute = "bf16" if has_native_bf16(torch.device("cuda", 0)) else "fp32 (no native bf16)"
-        devices.append(f"cuda ({torch.cuda.get_device_name(0)}, compute capability {major}.{minor}: "
-                       f"computes in {compute}, CUDA {torch.version.cuda})")
+        devices.append(
+            f"cuda ({torch.cuda.get_device_name(0)}, compute capability {major}.{minor}: "
+            f"computes in {compute}, CUDA {torch.version.cuda})"
+        )
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         devices.append("mps")
     detail = f"{torch.__version__}; devices: {', '.join(devices)}"
@@ -121,8 +128,12 @@ def check_versions() -> list[Check]:
         base = installed.split("+")[0]
         if package in MINIMUM and _version_tuple(base) < _version_tuple(MINIMUM[package]):
             checks.append(
-                Check(package, "FAIL", f"{installed}, older than {MINIMUM[package]}",
-                      f"pip install '{package}=={tested}'")
+                Check(
+                    package,
+                    "FAIL",
+                    f"{installed}, older than {MINIMUM[package]}",
+                    f"pip install '{package}=={tested}'",
+                )
             )
         elif base == tested:
             checks.append(Check(package, "ok", f"{installed} (tested)"))
@@ -130,8 +141,12 @@ def check_versions() -> list[Check]:
             checks.append(Check(package, "ok", f"{installed} (tested: Colab's version)"))
         else:
             checks.append(
-                Check(package, "warn", f"{installed} (tested with {tested}; the combination is untested)",
-                      "pip install -c constraints.txt -e '.[lab,test]' gives the tested set")
+                Check(
+                    package,
+                    "warn",
+                    f"{installed} (tested with {tested}; the combination is untested)",
+                    "pip install -c constraints.txt -e '.[lab,test]' gives the tested set",
+                )
             )
     return checks
 
@@ -163,12 +178,22 @@ def check_bnb_4bit() -> Check:
             want = x @ weight.float().t() + layer.bias
         error = (got.float() - want).abs().max().item()
         if layer.weight.dtype != torch.uint8 or error > 1e-3:
-            return Check("bitsandbytes 4-bit", "FAIL", f"ran on {device} but gave wrong results (max error {error:.2e})",
-                         "reinstall the tested versions: pip install -c constraints.txt -e .")
-        return Check("bitsandbytes 4-bit", "ok", f"NF4 layer quantised and run on {device} (max error {error:.1e})")
+            return Check(
+                "bitsandbytes 4-bit",
+                "FAIL",
+                f"ran on {device} but gave wrong results (max error {error:.2e})",
+                "reinstall the tested versions: pip install -c constraints.txt -e .",
+            )
+        return Check(
+            "bitsandbytes 4-bit", "ok", f"NF4 layer quantised and run on {device} (max error {error:.1e})"
+        )
     except Exception as err:  # any failure here is exactly what the learner needs to see
-        return Check("bitsandbytes 4-bit", "FAIL", f"{type(err).__name__}: {err}",
-                     "pip install -c constraints.txt 'bitsandbytes==0.50.2'")
+        return Check(
+            "bitsandbytes 4-bit",
+            "FAIL",
+            f"{type(err).__name__}: {err}",
+            "pip install -c constraints.txt 'bitsandbytes==0.50.2'",
+        )
 
 
 def check_model() -> Check:
@@ -179,10 +204,18 @@ def check_model() -> Check:
     if problem is None:
         return Check("base model", "ok", f"{models.DEFAULT_MODEL} ready in {folder}")
     if models.bundled_gguf() is not None:
-        return Check("base model", "warn", f"not converted yet ({problem})",
-                     "lora101 model prepare  (about 30 s; a lesson would otherwise do it on first use)")
-    return Check("base model", "FAIL", "the offline copy is not installed",
-                 models.BUNDLED[models.DEFAULT_MODEL].pip_install)
+        return Check(
+            "base model",
+            "warn",
+            f"not converted yet ({problem})",
+            "lora101 model prepare  (about 30 s; a lesson would otherwise do it on first use)",
+        )
+    return Check(
+        "base model",
+        "FAIL",
+        "the offline copy is not installed",
+        models.BUNDLED[models.DEFAULT_MODEL].pip_install,
+    )
 
 
 def check_memory() -> Check:
@@ -209,7 +242,9 @@ def check_notebook_tools() -> Check:
     """What a lesson needs from Jupyter: a kernel, widgets and plots (any Jupyter front end will do)."""
     missing = [name for name in ("ipykernel", "ipywidgets", "matplotlib") if _not_installed(name)]
     if missing:
-        return Check("notebook tools", "FAIL", f"missing: {', '.join(missing)}", f"pip install {' '.join(missing)}")
+        return Check(
+            "notebook tools", "FAIL", f"missing: {', '.join(missing)}", f"pip install {' '.join(missing)}"
+        )
     return Check("notebook tools", "ok", "ipykernel, ipywidgets, matplotlib")
 
 
@@ -222,7 +257,12 @@ def _not_installed(name: str) -> bool:
 
 
 CHECKS: list[Callable[[], Check | list[Check]]] = [
-    check_python, check_torch, check_versions, check_bnb_4bit, check_model, check_memory,
+    check_python,
+    check_torch,
+    check_versions,
+    check_bnb_4bit,
+    check_model,
+    check_memory,
     check_notebook_tools,
 ]
 

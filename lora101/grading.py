@@ -67,15 +67,19 @@ def robust_execute():
             try:
                 return super().preprocess_cell(cell, resources, index)
             except DeadKernelError:
-                self.log.warning("cell %d killed the kernel; restarting it and re-running the cells above", index)
+                self.log.warning(
+                    "cell %d killed the kernel; restarting it and re-running the cells above", index
+                )
                 self._killers.add(index)
                 cell.outputs = [
                     NotebookNode(
                         output_type="error",
                         ename="DeadKernelError",
                         evalue="the kernel died while running this cell",
-                        traceback=["DeadKernelError: the kernel died while running this cell (os._exit, a crash, "
-                                   "running out of memory...); grading restarted it and went on."],
+                        traceback=[
+                            "DeadKernelError: the kernel died while running this cell (os._exit, a crash, "
+                            "running out of memory...); grading restarted it and went on."
+                        ],
                     )
                 ]
                 self._restart()
@@ -98,7 +102,9 @@ def robust_execute():
     return RobustExecute
 
 
-def grading_config(course_root: Path, cell_timeout: int = CELL_TIMEOUT_S, max_output_lines: int = MAX_OUTPUT_LINES):
+def grading_config(
+    course_root: Path, cell_timeout: int = CELL_TIMEOUT_S, max_output_lines: int = MAX_OUTPUT_LINES
+):
     """The nbgrader configuration for this course (what ``exercises/nbgrader_config.py`` uses too).
 
     ``course_root`` must be absolute; the exchange directory (unused here) goes inside it, so nothing is
@@ -293,7 +299,9 @@ def grade_merge(shards: list[Path], out: Path, course: Path = COURSE_DIR, log=pr
 def write_scores(out: Path, log) -> list[dict]:
     rows = scores(out)
     with open(out / "scores.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["student", "assignment", "score", "max_score", "needs_manual_grade"])
+        writer = csv.DictWriter(
+            f, fieldnames=["student", "assignment", "score", "max_score", "needs_manual_grade"]
+        )
         writer.writeheader()
         writer.writerows(rows)
     log(f"wrote {out / 'scores.csv'} ({len(rows)} rows); feedback HTML in {out / 'feedback'}")
@@ -310,8 +318,13 @@ def scores(course_root: Path) -> list[dict]:
         for assignment in gb.assignments:
             for sub in assignment.submissions:
                 rows.append(
-                    dict(student=sub.student.id, assignment=assignment.name, score=sub.score,
-                         max_score=sub.max_score, needs_manual_grade=sub.needs_manual_grade)  # fmt: skip
+                    dict(
+                        student=sub.student.id,
+                        assignment=assignment.name,
+                        score=sub.score,
+                        max_score=sub.max_score,
+                        needs_manual_grade=sub.needs_manual_grade,
+                    )
                 )
     return sorted(rows, key=lambda r: (r["student"], r["assignment"]))
 
@@ -324,14 +337,32 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("submissions", type=Path, metavar="SUBMISSIONS_DIR")
-    p.add_argument("--out", type=Path, default=None, help="grading folder (default: SUBMISSIONS_DIR/../graded)")
-    p.add_argument("--course", type=Path, default=COURSE_DIR, help=f"the course's exercises/ folder (default {COURSE_DIR})")
-    p.add_argument("--regrade", action="store_true", help="grade again what was graded (old results are backed up)")
-    p.add_argument("--timeout", type=int, default=CELL_TIMEOUT_S, help="seconds a cell may run (default %(default)s)")
-    p.add_argument("--jobs", type=int, default=1, help="submissions graded at a time, one process each (default 1)")
-    p.add_argument("--shard", type=_shard, default=None, metavar="K/M",
-                   help="grade only shard K of M of the students (in name order: K, K+M, ...); combine the "
-                        "shards' grading folders with lora101 grade-merge")  # fmt: skip
+    p.add_argument(
+        "--out", type=Path, default=None, help="grading folder (default: SUBMISSIONS_DIR/../graded)"
+    )
+    p.add_argument(
+        "--course",
+        type=Path,
+        default=COURSE_DIR,
+        help=f"the course's exercises/ folder (default {COURSE_DIR})",
+    )
+    p.add_argument(
+        "--regrade", action="store_true", help="grade again what was graded (old results are backed up)"
+    )
+    p.add_argument(
+        "--timeout", type=int, default=CELL_TIMEOUT_S, help="seconds a cell may run (default %(default)s)"
+    )
+    p.add_argument(
+        "--jobs", type=int, default=1, help="submissions graded at a time, one process each (default 1)"
+    )
+    p.add_argument(
+        "--shard",
+        type=_shard,
+        default=None,
+        metavar="K/M",
+        help="grade only shard K of M of the students (in name order: K, K+M, ...); combine the "
+        "shards' grading folders with lora101 grade-merge",
+    )
     p.set_defaults(func=_main)
     m = subparsers.add_parser(
         "grade-merge",
@@ -340,7 +371,12 @@ def register(subparsers) -> None:
     )
     m.add_argument("shards", type=Path, nargs="+", metavar="SHARD_DIR", help="grading folders (their --out)")
     m.add_argument("--out", type=Path, required=True, help="the merged grading folder")
-    m.add_argument("--course", type=Path, default=COURSE_DIR, help=f"the course's exercises/ folder (default {COURSE_DIR})")
+    m.add_argument(
+        "--course",
+        type=Path,
+        default=COURSE_DIR,
+        help=f"the course's exercises/ folder (default {COURSE_DIR})",
+    )
     m.set_defaults(func=_merge_main)
 
 
@@ -357,8 +393,15 @@ def _main(args) -> int:
     os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")  # alembic
     out = args.out or args.submissions.resolve().parent / "graded"
     try:
-        rows = grade(args.submissions, out, args.course, regrade=args.regrade, cell_timeout=args.timeout,
-                     jobs=args.jobs, shard=args.shard)  # fmt: skip
+        rows = grade(
+            args.submissions,
+            out,
+            args.course,
+            regrade=args.regrade,
+            cell_timeout=args.timeout,
+            jobs=args.jobs,
+            shard=args.shard,
+        )
     except ValueError as err:
         print(f"lora101 grade: {err}", file=sys.stderr)
         return 2
@@ -379,5 +422,7 @@ def _merge_main(args) -> int:
 
 def _print_rows(rows: list[dict]) -> None:
     for r in rows:
-        print(f"{r['student']:>16} {r['assignment']:<20} {r['score']:6.1f} / {r['max_score']:.1f}"
-              + ("  (needs manual grading)" if r["needs_manual_grade"] else ""))  # fmt: skip
+        print(
+            f"{r['student']:>16} {r['assignment']:<20} {r['score']:6.1f} / {r['max_score']:.1f}"
+            + ("  (needs manual grading)" if r["needs_manual_grade"] else "")
+        )

@@ -40,7 +40,9 @@ def gradebook_lock(out: Path):
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ValueError(f"another lora101 grade or grade-merge is writing {out}: wait for it to finish") from None
+            raise ValueError(
+                f"another lora101 grade or grade-merge is writing {out}: wait for it to finish"
+            ) from None
         try:
             yield
         finally:
@@ -53,7 +55,9 @@ def submissions_in(course_root: Path) -> set[tuple[str, str]]:
 
     root = Path(course_root).resolve()
     if not (root / "gradebook.db").is_file():
-        raise ValueError(f"{root} has no gradebook.db: give grading folders made by lora101 grade (its --out)")
+        raise ValueError(
+            f"{root} has no gradebook.db: give grading folders made by lora101 grade (its --out)"
+        )
     with Gradebook(db_url(root)) as gb:
         return {(sub.student.id, a.name) for a in gb.assignments for sub in a.submissions}
 
@@ -73,7 +77,9 @@ def merge_gradebook(src: Path, dst: Path, pairs: list[tuple[str, str]]) -> None:
         for student, assignment in pairs:
             sub = source.find_submission(assignment, student)
             target.update_or_create_student(student, **{f: getattr(sub.student, f) for f in STUDENT_FIELDS})
-            target.update_or_create_submission(assignment, student, timestamp=sub.timestamp, extension=sub.extension)
+            target.update_or_create_submission(
+                assignment, student, timestamp=sub.timestamp, extension=sub.extension
+            )
             for nb in sub.notebooks:
                 copy_notebook_grades(nb, target.find_submission_notebook(nb.name, assignment, student))
             target.db.commit()

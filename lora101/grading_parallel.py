@@ -33,7 +33,9 @@ def parse_shard(text: str) -> tuple[int, int]:
     return k, m
 
 
-def select_shard(found: dict[tuple[str, str], list[Path]], k: int, m: int) -> dict[tuple[str, str], list[Path]]:
+def select_shard(
+    found: dict[tuple[str, str], list[Path]], k: int, m: int
+) -> dict[tuple[str, str], list[Path]]:
     """Shard K of M: the students ranked K, K+M, K+2M... in name order, with all their assignments.
 
     Every machine must see the same SUBMISSIONS_DIR so that the M shards cover the class exactly once."""
@@ -74,9 +76,13 @@ def grade_in_parallel(out: Path, todo: dict, jobs: int, cell_timeout: int, stamp
     # spawn, not fork: the parent has nbgrader, zmq and SQLAlchemy loaded, none of them safe to fork.
     context = multiprocessing.get_context("spawn")
     attempted: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker, initargs=(out, cell_timeout)) as pool:
+    with ProcessPoolExecutor(
+        jobs, mp_context=context, initializer=_start_worker, initargs=(out, cell_timeout)
+    ) as pool:
         results = pool.map(_grade_in_worker, sorted(todo.items()))
-        for folder, student, assignment, lines in tqdm(results, total=len(todo), desc=f"grading ({jobs} jobs)"):
+        for folder, student, assignment, lines in tqdm(
+            results, total=len(todo), desc=f"grading ({jobs} jobs)"
+        ):
             for line in lines:
                 log(line)
             attempted[folder].append((student, assignment))

@@ -52,7 +52,11 @@ def _features(base: nn.Module) -> tuple[int, int]:
     if not isinstance(base, nn.Module):
         raise TypeError(f"base must be an nn.Linear (or a linear-like nn.Module), got {type(base).__name__}")
     fin, fout = getattr(base, "in_features", None), getattr(base, "out_features", None)
-    if not (isinstance(fin, int) and isinstance(fout, int)) or isinstance(fin, bool) or isinstance(fout, bool):
+    if (
+        not (isinstance(fin, int) and isinstance(fout, int))
+        or isinstance(fin, bool)
+        or isinstance(fout, bool)
+    ):
         raise TypeError(
             f"base must be an nn.Linear or a module with integer in_features and out_features; "
             f"{type(base).__name__} has neither. LoRA here adapts linear layers only."
@@ -75,7 +79,9 @@ def _check_hyper(r: int, alpha: float, dropout: float, fin: int, fout: int) -> N
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
         raise TypeError(f"alpha must be a number, got {type(alpha).__name__} {alpha!r}")
     if not alpha > 0 or not math.isfinite(alpha):
-        raise ValueError(f"alpha must be a positive number (scaling = alpha / r), got {alpha}; try alpha = 2 * r")
+        raise ValueError(
+            f"alpha must be a positive number (scaling = alpha / r), got {alpha}; try alpha = 2 * r"
+        )
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)):
         raise TypeError(f"dropout must be a number in [0, 1), got {type(dropout).__name__} {dropout!r}")
     if not 0.0 <= dropout < 1.0:
@@ -87,7 +93,9 @@ def _mergeable_weight(base: nn.Module) -> torch.Tensor | None:
     weight = getattr(base, "weight", None)
     if not isinstance(weight, torch.Tensor) or not weight.dtype.is_floating_point:
         return None
-    if type(weight).__name__ == "Params4bit":  # bitsandbytes packs 4-bit weights into a float-typed storage too
+    if (
+        type(weight).__name__ == "Params4bit"
+    ):  # bitsandbytes packs 4-bit weights into a float-typed storage too
         return None
     if tuple(weight.shape) != (base.out_features, base.in_features):
         return None
@@ -217,7 +225,9 @@ def _normalise_targets(target_modules) -> str | tuple[str, ...]:
         try:
             re.compile(target_modules)
         except re.error as err:
-            raise ValueError(f"target_modules: {target_modules!r} is not a valid regular expression ({err})") from None
+            raise ValueError(
+                f"target_modules: {target_modules!r} is not a valid regular expression ({err})"
+            ) from None
         return target_modules
     if not isinstance(target_modules, Iterable):
         raise TypeError(f"target_modules must be a str or a list of str, got {type(target_modules).__name__}")
@@ -340,7 +350,9 @@ def load_lora_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) 
     """
     layers = lora_layers(model)
     if not layers:
-        raise ValueError("model has no LoRA layers: call inject_lora(model, ...) with the same settings first")
+        raise ValueError(
+            "model has no LoRA layers: call inject_lora(model, ...) with the same settings first"
+        )
     expected = {f"{n}.lora_{ab}" for n in layers for ab in "AB"}
     missing, unexpected = sorted(expected - state_dict.keys()), sorted(state_dict.keys() - expected)
     if missing or unexpected:
@@ -426,14 +438,18 @@ def save_peft_adapter(
         raise ValueError("model has no LoRA layers: nothing to save (call inject_lora first)")
     settings = {(m.r, m.alpha, m.dropout_p, m.use_rslora) for m in layers.values()}
     if len(settings) != 1:
-        raise ValueError(f"LoRA layers differ in (r, alpha, dropout, rslora) {sorted(settings)}: PEFT needs one config")
+        raise ValueError(
+            f"LoRA layers differ in (r, alpha, dropout, rslora) {sorted(settings)}: PEFT needs one config"
+        )
     if any(m.merged for m in layers.values()):
         raise ValueError("some LoRA layers are merged: unmerge them before saving the adapter")
     r, alpha, dropout, rslora = settings.pop()
     folder = Path(folder)
     files = [folder / "adapter_config.json", folder / "adapter_model.safetensors"]
     if not overwrite and any(f.exists() for f in files):
-        raise FileExistsError(f"folder: {folder} already holds an adapter; pass overwrite=True or choose another folder")
+        raise FileExistsError(
+            f"folder: {folder} already holds an adapter; pass overwrite=True or choose another folder"
+        )
     if base_model_name_or_path is None:
         base_model_name_or_path = getattr(getattr(model, "config", None), "_name_or_path", None) or None
     config = {

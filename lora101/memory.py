@@ -46,7 +46,13 @@ __all__ = [
 ]
 
 GB = 1e9  # decimal gigabytes, as GPU spec sheets use them
-GPU_SIZES_GB: dict[str, float] = {"T4": 16, "RTX 4090 / A10 (24 GB)": 24, "A100 40GB": 40, "A100 80GB": 80, "H100": 80}
+GPU_SIZES_GB: dict[str, float] = {
+    "T4": 16,
+    "RTX 4090 / A10 (24 GB)": 24,
+    "A100 40GB": 40,
+    "A100 80GB": 80,
+    "H100": 80,
+}
 
 # NF4 with double quantisation (QLoRA's setting): 4 bits a weight, an 8-bit absmax per block of 64 weights,
 # and an fp32 constant per 256 of those blocks: 4 + 8/64 + 32/(64*256).
@@ -100,8 +106,17 @@ class ModelShape:
             raise ValueError(f"n_params must be a parameter count of at least 1e6, got {n_params!r}")
         # n ~ 12 * layers * hidden^2 = 12 * hidden^3 / 128 for the blocks; solve for hidden, round to 128.
         hidden = max(128, round((n_params * 128 / 12) ** (1 / 3) / 128) * 128)
-        shape = cls(name or f"~{n_params / 1e9:.3g}B", hidden, hidden // 128, round(8 * hidden / 3 / 64) * 64,
-                    32000, hidden // 128, hidden // 128, 128, False)  # fmt: skip
+        shape = cls(
+            name or f"~{n_params / 1e9:.3g}B",
+            hidden,
+            hidden // 128,
+            round(8 * hidden / 3 / 64) * 64,
+            32000,
+            hidden // 128,
+            hidden // 128,
+            128,
+            False,
+        )
         # Then fix the layer count so that the total comes out closest to n_params.
         per_layer = shape.layer_params()
         rest = shape.n_params - shape.layers * per_layer
@@ -303,7 +318,9 @@ def estimate_memory(
     )
 
 
-def _check_training_arguments(method: str, precision: str, optimizer: str, batch_size: int, seq_len: int) -> None:
+def _check_training_arguments(
+    method: str, precision: str, optimizer: str, batch_size: int, seq_len: int
+) -> None:
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if precision not in BYTES:
@@ -315,7 +332,9 @@ def _check_training_arguments(method: str, precision: str, optimizer: str, batch
             raise ValueError(f"{arg} must be a positive int, got {value!r}")
 
 
-def _weight_bytes(shape: ModelShape, method: str, wbytes: int, adapter_params: int, double_quant: bool) -> float:
+def _weight_bytes(
+    shape: ModelShape, method: str, wbytes: int, adapter_params: int, double_quant: bool
+) -> float:
     """The weights' bytes: every parameter at ``wbytes``; for LoRA/QLoRA the frozen base (QLoRA: the
     blocks' linear layers in NF4) plus the fp32 adapters (``adapter_params``)."""
     n = shape.n_params
@@ -443,4 +462,3 @@ def peak_memory_bytes(device) -> int:
 def gb(n_bytes: float) -> float:
     """Bytes to decimal GB, rounded to 3 significant figures for display."""
     return float(f"{n_bytes / GB:.3g}") if n_bytes else 0.0
-

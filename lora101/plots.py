@@ -212,14 +212,26 @@ def plot_rank_sweep(runs, title: str = "", ax=None):
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7, 3.6), dpi=80)
     ranks = [r["rank"] for r in runs]
     ax.plot(ranks, [_exact(r) for r in runs], "o-", color="C0", label="exact match")
-    ax.plot(ranks, [r["result"]["eval"]["token_accuracy"] for r in runs], "s--", color="C2", label="token accuracy")
+    ax.plot(
+        ranks,
+        [r["result"]["eval"]["token_accuracy"] for r in runs],
+        "s--",
+        color="C2",
+        label="token accuracy",
+    )
     ax.set_xscale("log", base=2)
     ax.set_xticks(ranks, [str(r) for r in ranks])
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("rank r (alpha = 2r, all linear layers)")
     ax.set_ylabel("held-out score")
     right = ax.twinx()
-    right.plot(ranks, [r["result"]["parameters"]["trainable"] for r in runs], "^:", color="C3", label="trainable parameters")
+    right.plot(
+        ranks,
+        [r["result"]["parameters"]["trainable"] for r in runs],
+        "^:",
+        color="C3",
+        label="trainable parameters",
+    )
     right.set_yscale("log")
     right.set_ylabel("trainable parameters", color="C3")
     handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]

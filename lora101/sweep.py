@@ -144,8 +144,12 @@ def equal_budget_rank(rank: int, targets: str, other_targets: str, model: str = 
     return max(1, round(want / per_rank))
 
 
-def plan(settings: Settings = Settings(), groups: Iterable[str] = GROUPS, ranks: Sequence[int] = RANKS,
-         alphas: Sequence[int] = ALPHAS) -> list[Run]:
+def plan(
+    settings: Settings = Settings(),
+    groups: Iterable[str] = GROUPS,
+    ranks: Sequence[int] = RANKS,
+    alphas: Sequence[int] = ALPHAS,
+) -> list[Run]:
     """The runs that answer ``groups``, each run once (a run several groups need is listed with all of them).
 
     * ``method``: the base untrained; full fine-tuning at ``full_lr``; LoRA and QLoRA (rank ``rank``,
@@ -197,7 +201,9 @@ def plan(settings: Settings = Settings(), groups: Iterable[str] = GROUPS, ranks:
     for run in wanted:
         if run.key in merged:
             old = merged[run.key]
-            merged[run.key] = replace(old, groups=old.groups + tuple(g for g in run.groups if g not in old.groups))
+            merged[run.key] = replace(
+                old, groups=old.groups + tuple(g for g in run.groups if g not in old.groups)
+            )
         else:
             merged[run.key] = run
     return list(merged.values())
@@ -227,7 +233,10 @@ def _datasets(tokenizer, settings: Settings, data: str):
         rng.shuffle(shuffled)
         for i, answer in zip(chosen, shuffled, strict=True):
             answers[i] = answer
-        rows = [tokenize_example(tokenizer, build_messages(s), a) for s, a in zip(train["sentence"], answers, strict=True)]
+        rows = [
+            tokenize_example(tokenizer, build_messages(s), a)
+            for s, a in zip(train["sentence"], answers, strict=True)
+        ]
         train = Dataset.from_list(rows)
     return train.select_columns(["input_ids", "attention_mask", "labels"]), test
 
@@ -289,7 +298,9 @@ def teacher_forced_scores(model, tokenizer, dataset, batch_size: int = 8) -> dic
         for start in range(0, len(rows), batch_size):
             batch = collate([rows[i] for i in range(start, min(start + batch_size, len(rows)))])
             batch = {k: v.to(device) for k, v in batch.items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+            logits = model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits.float()
             target = next_token_labels(batch["labels"])  # position t predicts token t+1
             mask = target != -100
             loss_sum += float(torch.nn.functional.cross_entropy(logits[mask], target[mask], reduction="sum"))
@@ -298,12 +309,22 @@ def teacher_forced_scores(model, tokenizer, dataset, batch_size: int = 8) -> dic
             tokens += int(mask.sum())
             exact += int((right | ~mask).all(dim=1).sum())
     model.train(was_training)
-    return {"test_loss": loss_sum / tokens, "token_accuracy": hits / tokens, "exact_match": exact / len(rows),
-            "exact": exact, "n": len(rows), "answer_tokens": tokens}
+    return {
+        "test_loss": loss_sum / tokens,
+        "token_accuracy": hits / tokens,
+        "exact_match": exact / len(rows),
+        "exact": exact,
+        "n": len(rows),
+        "answer_tokens": tokens,
+    }
 
 
-def run_one(run: Run, settings: Settings, on_step: Callable[[int], None] | None = None,
-            workdir: str | os.PathLike | None = None) -> dict[str, Any]:
+def run_one(
+    run: Run,
+    settings: Settings,
+    on_step: Callable[[int], None] | None = None,
+    workdir: str | os.PathLike | None = None,
+) -> dict[str, Any]:
     """Train and score one run in this process; returns every number it measured.
 
     ``on_step(step)`` is called after each optimizer step. Peak memory is the process's: call this in a
@@ -326,29 +347,46 @@ def run_one(run: Run, settings: Settings, on_step: Callable[[int], None] | None 
     rss_before_model = peak_rss_bytes()
     model, counts = _model(run, settings)
     rss_after_model = peak_rss_bytes()
-    result: dict[str, Any] = {"parameters": counts, "rss_before_model_bytes": rss_before_model,
-                              "rss_after_model_bytes": rss_after_model}
+    result: dict[str, Any] = {
+        "parameters": counts,
+        "rss_before_model_bytes": rss_before_model,
+        "rss_after_model_bytes": rss_after_model,
+    }
     if run.method != "none":
         config = ft.FinetuneConfig(
-            model=settings.model, precision=_precision(run), rank=run.rank,
-            alpha=run.alpha, steps=settings.steps, batch_size=settings.batch_size, lr=run.lr,
-            warmup_steps=settings.warmup_steps, seed=settings.seed, save_steps=10**9, logging_steps=1,
+            model=settings.model,
+            precision=_precision(run),
+            rank=run.rank,
+            alpha=run.alpha,
+            steps=settings.steps,
+            batch_size=settings.batch_size,
+            lr=run.lr,
+            warmup_steps=settings.warmup_steps,
+            seed=settings.seed,
+            save_steps=10**9,
+            logging_steps=1,
         )
         callbacks = [_step_callback(on_step)] if on_step else []
         with tempfile.TemporaryDirectory(dir=workdir) as tmp:
             trained = ft.train(model, tokenizer, train_ds, config, tmp, callbacks=callbacks, progress=False)
         losses = trained.losses
         result["train"] = {
-            "steps": trained.global_step, "wall_s": trained.wall_s, "tokens": trained.tokens,
-            "tokens_per_s": trained.tokens_per_s, "first_loss": losses[0] if losses else None,
+            "steps": trained.global_step,
+            "wall_s": trained.wall_s,
+            "tokens": trained.tokens,
+            "tokens_per_s": trained.tokens_per_s,
+            "first_loss": losses[0] if losses else None,
             "final_loss": losses[-1] if losses else None,
-            "last5_mean_loss": sum(losses[-5:]) / len(losses[-5:]) if losses else None, "losses": losses,
+            "last5_mean_loss": sum(losses[-5:]) / len(losses[-5:]) if losses else None,
+            "losses": losses,
         }
     start = time.perf_counter()
     result["eval"] = teacher_forced_scores(model, tokenizer, test_ds)
     result["eval"]["wall_s"] = time.perf_counter() - start
     result["peak_memory_bytes"] = peak_memory_bytes(device)
-    result["peak_memory_kind"] = "torch.cuda.max_memory_allocated" if device.type == "cuda" else "peak RSS of the run's process"
+    result["peak_memory_kind"] = (
+        "torch.cuda.max_memory_allocated" if device.type == "cuda" else "peak RSS of the run's process"
+    )
     result["device"] = str(device)
     result["threads"] = torch.get_num_threads()
     if load_start is not None:
@@ -399,7 +437,9 @@ def machine_info() -> dict[str, Any]:
     except OSError:
         pass
     info: dict[str, Any] = {
-        "cpu": cpu, "cpu_cores": os.cpu_count(), "torch_threads_default": torch.get_num_threads(),
+        "cpu": cpu,
+        "cpu_cores": os.cpu_count(),
+        "torch_threads_default": torch.get_num_threads(),
         "os": platform.platform(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
@@ -434,7 +474,9 @@ def check_output_path(path: str | os.PathLike, force: bool = False) -> Path:
     if not path.parent.is_dir():
         raise FileNotFoundError(f"output: the folder {path.parent} does not exist; create it first")
     if path.exists() and not force:
-        raise FileExistsError(f"output: {path} already exists; choose another name or pass --force to replace it")
+        raise FileExistsError(
+            f"output: {path} already exists; choose another name or pass --force to replace it"
+        )
     return path
 
 
@@ -459,8 +501,15 @@ def _run_in_process(run: Run, settings: Settings, on_step: Callable[[int], None]
     return result
 
 
-def run_sweep(runs: Sequence[Run], settings: Settings, output: str | os.PathLike | None = None, *,
-              force: bool = False, command: str | None = None, progress: bool = True) -> dict[str, Any]:
+def run_sweep(
+    runs: Sequence[Run],
+    settings: Settings,
+    output: str | os.PathLike | None = None,
+    *,
+    force: bool = False,
+    command: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Run ``runs`` one after another (each in its own process) and return the results document.
 
     With ``output``, the document is written there as JSON (refusing to replace an existing file unless
@@ -471,10 +520,16 @@ def run_sweep(runs: Sequence[Run], settings: Settings, output: str | os.PathLike
 
     path = check_output_path(output, force) if output is not None else None
     doc: dict[str, Any] = {
-        "format": FORMAT, "command": command, "started": _now(), "finished": None, "complete": False,
-        "machine": machine_info(), "versions": versions(), "settings": asdict(settings),
+        "format": FORMAT,
+        "command": command,
+        "started": _now(),
+        "finished": None,
+        "complete": False,
+        "machine": machine_info(),
+        "versions": versions(),
+        "settings": asdict(settings),
         "scoring": "teacher-forced on the held-out test split: exact_match = greedy decoding reproduces the "
-                   "reference answer exactly (see lora101.sweep)",
+        "reference answer exactly (see lora101.sweep)",
         "runs": [],
     }
     total = sum(settings.steps if r.method != "none" else 0 for r in runs) + len(runs)
@@ -526,7 +581,9 @@ def load_results(path: str | os.PathLike) -> dict[str, Any]:
     try:
         doc = json.loads(path.read_text())
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such results file; `lora101 bench sweep --output {path}` writes one") from None
+        raise FileNotFoundError(
+            f"{path}: no such results file; `lora101 bench sweep --output {path}` writes one"
+        ) from None
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not JSON ({err})") from None
     if doc.get("format") != FORMAT:
@@ -560,8 +617,10 @@ def table(runs: Iterable[dict[str, Any]], timing: bool = False) -> str:
         train = res.get("train")
         loss = f"{train['last5_mean_loss']:.3f}" if train else "-"
         exact = f"{ev['exact']}/{ev['n']}"
-        line = (f"{r['name']:<34} {res['parameters']['trainable']:>11,} {loss:>10} {ev['test_loss']:>9.3f} "
-                f"{ev['token_accuracy']:>9.1%} {exact:>9}")
+        line = (
+            f"{r['name']:<34} {res['parameters']['trainable']:>11,} {loss:>10} {ev['test_loss']:>9.3f} "
+            f"{ev['token_accuracy']:>9.1%} {exact:>9}"
+        )
         if timing:
             tps = f"{train['tokens_per_s']:.0f}" if train else "-"
             line += f" {tps:>8} {res['peak_memory_bytes'] / 2**20:>8.0f}"

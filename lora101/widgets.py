@@ -15,8 +15,15 @@ def memory_budget_explorer(default_model: str = "Llama-2-7B"):
     from lora101.plots import plot_memory_budget
 
     def show(model, r, precision, optimizer, batch_size, seq_len, gradient_checkpointing, targets):
-        settings = dict(precision=precision, optimizer=optimizer, batch_size=batch_size, seq_len=seq_len,
-                        gradient_checkpointing=gradient_checkpointing, r=r, target_modules=targets)  # fmt: skip
+        settings = dict(
+            precision=precision,
+            optimizer=optimizer,
+            batch_size=batch_size,
+            seq_len=seq_len,
+            gradient_checkpointing=gradient_checkpointing,
+            r=r,
+            target_modules=targets,
+        )
         budgets = {m: estimate_memory(model, m, **settings) for m in ("full", "lora", "qlora")}
         plot_memory_budget(budgets, title=f"{model}: r={r}, batch {batch_size} x {seq_len} tokens")
         plt.show()
@@ -26,7 +33,9 @@ def memory_budget_explorer(default_model: str = "Llama-2-7B"):
         model=w.Dropdown(options=list(PRESETS), value=default_model),
         r=w.Dropdown(options=[1, 2, 4, 8, 16, 32, 64, 128], value=8),
         precision=w.ToggleButtons(options=["bf16", "fp16", "fp32"], value="bf16"),
-        optimizer=w.Dropdown(options=["adamw", "adamw-16bit", "adamw-8bit", "sgd-momentum", "sgd"], value="adamw"),
+        optimizer=w.Dropdown(
+            options=["adamw", "adamw-16bit", "adamw-8bit", "sgd-momentum", "sgd"], value="adamw"
+        ),
         batch_size=w.IntSlider(value=1, min=1, max=32),
         seq_len=w.Dropdown(options=[128, 256, 512, 1024, 2048, 4096], value=512),
         gradient_checkpointing=w.Checkbox(value=False, description="gradient checkpointing"),
@@ -55,14 +64,19 @@ def quantization_explorer(weights: dict):
         ax.hist(err.numpy(), bins=120, color="C0")
         ax.set_yscale("log")
         ax.set_xlabel("dequantised - original")
-        ax.set_title(f"{layer} {tuple(weight.shape)}: {code_type}, blocksize {blocksize}"
-                     f"{', double quant' if double_quant else ''}", fontsize=9)  # fmt: skip
+        ax.set_title(
+            f"{layer} {tuple(weight.shape)}: {code_type}, blocksize {blocksize}"
+            f"{', double quant' if double_quant else ''}",
+            fontsize=9,
+        )
         fig.tight_layout()
         plt.show()
         rel = float(err.square().mean().sqrt() / weight.std())
-        print(f"RMSE {float(err.square().mean().sqrt()):.3e} ({rel:.1%} of the weights' std), "
-              f"max |error| {float(err.abs().max()):.3e}, {bits:.4f} bits/parameter "
-              f"(stored: {state.nbytes() * 8 / weight.numel():.4f})")  # fmt: skip
+        print(
+            f"RMSE {float(err.square().mean().sqrt()):.3e} ({rel:.1%} of the weights' std), "
+            f"max |error| {float(err.abs().max()):.3e}, {bits:.4f} bits/parameter "
+            f"(stored: {state.nbytes() * 8 / weight.numel():.4f})"
+        )
 
     return w.interactive(
         show,
@@ -83,26 +97,55 @@ def decision_explorer():
 
     from lora101.decision import decide
 
-    def show(n_params_b, gpu_memory_gb, batch_size, seq_len, gradient_checkpointing, prompting_good_enough,
-             task_boundary_clear, base_is_strong, needs_new_knowledge, data_is_good, want_full_capacity,
-             many_variants):  # fmt: skip
-        d = decide(n_params=n_params_b * 1e9, gpu_memory_gb=gpu_memory_gb, batch_size=batch_size, seq_len=seq_len,
-                   gradient_checkpointing=gradient_checkpointing, prompting_good_enough=prompting_good_enough,
-                   task_boundary_clear=task_boundary_clear, base_is_strong=base_is_strong,
-                   needs_new_knowledge=needs_new_knowledge, data_is_good=data_is_good,
-                   want_full_capacity=want_full_capacity, many_variants=many_variants)  # fmt: skip
+    def show(
+        n_params_b,
+        gpu_memory_gb,
+        batch_size,
+        seq_len,
+        gradient_checkpointing,
+        prompting_good_enough,
+        task_boundary_clear,
+        base_is_strong,
+        needs_new_knowledge,
+        data_is_good,
+        want_full_capacity,
+        many_variants,
+    ):
+        d = decide(
+            n_params=n_params_b * 1e9,
+            gpu_memory_gb=gpu_memory_gb,
+            batch_size=batch_size,
+            seq_len=seq_len,
+            gradient_checkpointing=gradient_checkpointing,
+            prompting_good_enough=prompting_good_enough,
+            task_boundary_clear=task_boundary_clear,
+            base_is_strong=base_is_strong,
+            needs_new_knowledge=needs_new_knowledge,
+            data_is_good=data_is_good,
+            want_full_capacity=want_full_capacity,
+            many_variants=many_variants,
+        )
         print(d.explain())
 
     style = {"description_width": "initial"}
     return w.interactive(
         show,
-        n_params_b=w.FloatLogSlider(value=7, base=10, min=-1, max=2.5, step=0.05, description="base model (B params)",
-                                    style=style),  # fmt: skip
-        gpu_memory_gb=w.Dropdown(options=[4, 8, 12, 16, 24, 40, 48, 80, 160, 640], value=12,
-                                 description="GPU memory (GB)", style=style),  # fmt: skip
+        n_params_b=w.FloatLogSlider(
+            value=7, base=10, min=-1, max=2.5, step=0.05, description="base model (B params)", style=style
+        ),
+        gpu_memory_gb=w.Dropdown(
+            options=[4, 8, 12, 16, 24, 40, 48, 80, 160, 640],
+            value=12,
+            description="GPU memory (GB)",
+            style=style,
+        ),
         batch_size=w.Dropdown(options=[1, 2, 4, 8, 16, 32], value=1, description="batch size", style=style),
-        seq_len=w.Dropdown(options=[256, 512, 1024, 2048, 4096, 8192], value=2048, description="tokens per example",
-                           style=style),  # fmt: skip
+        seq_len=w.Dropdown(
+            options=[256, 512, 1024, 2048, 4096, 8192],
+            value=2048,
+            description="tokens per example",
+            style=style,
+        ),
         gradient_checkpointing=w.Checkbox(value=True, description="gradient checkpointing"),
         prompting_good_enough=w.Checkbox(value=False, description="prompting is good enough"),
         task_boundary_clear=w.Checkbox(value=True, description="the task boundary is clear"),

@@ -31,7 +31,9 @@ PROJECTED_LEARNERS = 300
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--learners", type=int, default=2, help="learners in the class (default 2; try 40)")
     parser.add_argument("--jobs", default="1,2", help="comma-separated --jobs values to time (default 1,2)")
-    parser.add_argument("--timeout", type=int, default=CELL_TIMEOUT_S, help="seconds a cell may run (default %(default)s)")
+    parser.add_argument(
+        "--timeout", type=int, default=CELL_TIMEOUT_S, help="seconds a cell may run (default %(default)s)"
+    )
     parser.add_argument("--course", type=Path, default=COURSE_DIR, help="the course's exercises/ folder")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the class and grading folders here")
 
@@ -69,7 +71,9 @@ def make_class(course: Path, folder: Path, learners: int) -> int:
         for j, a in enumerate(names):
             target = folder / f"learner{i:03d}" / a
             target.mkdir(parents=True)
-            nbformat.write(learner_notebook(course, a, KINDS[(i * len(names) + j) % len(KINDS)]), target / f"{a}.ipynb")
+            nbformat.write(
+                learner_notebook(course, a, KINDS[(i * len(names) + j) % len(KINDS)]), target / f"{a}.ipynb"
+            )
     return learners * len(names)
 
 
@@ -88,22 +92,35 @@ def run(args) -> int:
         work = args.workdir or Path(tmp)
         n = make_class(course, work / "class", args.learners)
         per_learner = len(assignments(course))
-        print(f"class: {args.learners} learners x {per_learner} exercises = {n} submissions "
-              f"({', '.join(KINDS)} in turn); cell timeout {args.timeout} s; {os.cpu_count()} CPUs")  # fmt: skip
+        print(
+            f"class: {args.learners} learners x {per_learner} exercises = {n} submissions "
+            f"({', '.join(KINDS)} in turn); cell timeout {args.timeout} s; {os.cpu_count()} CPUs"
+        )
         rows, csvs = [], {}
         for j in jobs:
             load = os.getloadavg()[0]
             start = time.perf_counter()
-            grade(work / "class", work / f"graded-jobs{j}", course, cell_timeout=args.timeout, jobs=j, log=lambda line: None)
+            grade(
+                work / "class",
+                work / f"graded-jobs{j}",
+                course,
+                cell_timeout=args.timeout,
+                jobs=j,
+                log=lambda line: None,
+            )
             seconds = time.perf_counter() - start
             csvs[j] = (work / f"graded-jobs{j}" / "scores.csv").read_bytes()
             rows.append((j, seconds, load, os.getloadavg()[0]))
     base = rows[0][1]
-    print(f"\n{'jobs':>4} {'seconds':>8} {'s/submission':>12} {'speed-up':>8} {'300 learners':>12} {'load before/after':>18}")
+    print(
+        f"\n{'jobs':>4} {'seconds':>8} {'s/submission':>12} {'speed-up':>8} {'300 learners':>12} {'load before/after':>18}"
+    )
     for j, seconds, before, after in rows:
         projected = seconds / n * PROJECTED_LEARNERS * per_learner
-        print(f"{j:>4} {seconds:8.1f} {seconds / n:12.2f} {base / seconds:7.2f}x {_duration(projected):>12} "
-              f"{before:8.1f} / {after:<8.1f}")  # fmt: skip
+        print(
+            f"{j:>4} {seconds:8.1f} {seconds / n:12.2f} {base / seconds:7.2f}x {_duration(projected):>12} "
+            f"{before:8.1f} / {after:<8.1f}"
+        )
     same = len(set(csvs.values())) == 1
     print(f"\nscores.csv identical across --jobs {args.jobs}: {'yes' if same else 'NO'}")
     return 0 if same else 1

@@ -19,7 +19,9 @@ from lora101.lora import LoRALinear
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--shapes", default="576x576,576x1536,1536x576", help="IN x OUT list (SmolLM2's layers)")
+    parser.add_argument(
+        "--shapes", default="576x576,576x1536,1536x576", help="IN x OUT list (SmolLM2's layers)"
+    )
     parser.add_argument("--tokens", type=int, default=1024, help="batch x sequence rows per call")
     parser.add_argument("--r", type=int, default=16)
     parser.add_argument("--alpha", type=float, default=32.0)
@@ -37,7 +39,9 @@ def _pair(fin: int, fout: int, r: int, alpha: float, device: torch.device):
     with torch.no_grad():
         ours.lora_B.normal_(std=0.02)
     cfg = LoraConfig(r=r, lora_alpha=alpha, target_modules=["x"])
-    theirs = PeftLinear(copy.deepcopy(ours.base_layer), "default", config=cfg, r=r, lora_alpha=alpha).to(device)
+    theirs = PeftLinear(copy.deepcopy(ours.base_layer), "default", config=cfg, r=r, lora_alpha=alpha).to(
+        device
+    )
     with torch.no_grad():
         theirs.lora_A["default"].weight.copy_(ours.lora_A)
         theirs.lora_B["default"].weight.copy_(ours.lora_B)
@@ -53,10 +57,14 @@ def run(args: argparse.Namespace) -> int:
         assert all(len(s) == 2 for s in shapes)
     except (ValueError, AssertionError):
         raise SystemExit(f"--shapes: expected a list like 576x576,576x1536, got {args.shapes!r}") from None
-    print(f"device {device}, {args.tokens} tokens, r={args.r}, alpha={args.alpha:g}, float32, "
-          f"median of {args.repeats} after {args.warmup} warm-up, threads={torch.get_num_threads()}")  # fmt: skip
-    header = f"{'in x out':>12} | {'ours fwd+bwd':>12} | {'PEFT fwd+bwd':>12} | {'ratio':>6} | " \
-             f"{'merged fwd':>10} | {'nn.Linear':>10} | {'ratio':>6}"  # fmt: skip
+    print(
+        f"device {device}, {args.tokens} tokens, r={args.r}, alpha={args.alpha:g}, float32, "
+        f"median of {args.repeats} after {args.warmup} warm-up, threads={torch.get_num_threads()}"
+    )
+    header = (
+        f"{'in x out':>12} | {'ours fwd+bwd':>12} | {'PEFT fwd+bwd':>12} | {'ratio':>6} | "
+        f"{'merged fwd':>10} | {'nn.Linear':>10} | {'ratio':>6}"
+    )
     print(header)
     print("-" * len(header))
     worst_train, worst_merged = 0.0, 0.0
@@ -82,12 +90,19 @@ def run(args: argparse.Namespace) -> int:
         xi = x.detach()
         with torch.inference_mode():
             t_merged, t_plain = median_times(
-                [lambda m=merged, v=xi: m(v), lambda p=plain, v=xi: p(v)], args.repeats, device, warmup=args.warmup
+                [lambda m=merged, v=xi: m(v), lambda p=plain, v=xi: p(v)],
+                args.repeats,
+                device,
+                warmup=args.warmup,
             )
         ratio_train, ratio_merged = t_ours / t_peft, t_merged / t_plain
         worst_train, worst_merged = max(worst_train, ratio_train), max(worst_merged, ratio_merged)
-        print(f"{f'{fin}x{fout}':>12} | {t_ours * 1e3:>9.3f} ms | {t_peft * 1e3:>9.3f} ms | {ratio_train:>5.2f}x | "
-              f"{t_merged * 1e3:>7.3f} ms | {t_plain * 1e3:>7.3f} ms | {ratio_merged:>5.2f}x")  # fmt: skip
-    print(f"worst: LoRALinear/PEFT {worst_train:.2f}x (target <= 1.15x), "
-          f"merged/nn.Linear {worst_merged:.2f}x (target 1.0x)")  # fmt: skip
+        print(
+            f"{f'{fin}x{fout}':>12} | {t_ours * 1e3:>9.3f} ms | {t_peft * 1e3:>9.3f} ms | {ratio_train:>5.2f}x | "
+            f"{t_merged * 1e3:>7.3f} ms | {t_plain * 1e3:>7.3f} ms | {ratio_merged:>5.2f}x"
+        )
+    print(
+        f"worst: LoRALinear/PEFT {worst_train:.2f}x (target <= 1.15x), "
+        f"merged/nn.Linear {worst_merged:.2f}x (target 1.0x)"
+    )
     return 0

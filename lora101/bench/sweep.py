@@ -26,21 +26,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from lora101.sweep import ALPHAS, GROUPS, RANKS, Settings
 
     d = Settings()
-    parser.add_argument("--output", required=True, help="results file to write (.json); never replaced without --force")
+    parser.add_argument(
+        "--output", required=True, help="results file to write (.json); never replaced without --force"
+    )
     parser.add_argument("--force", action="store_true", help="replace an existing results file")
-    parser.add_argument("--groups", default=",".join(GROUPS), help="comma-separated subset of " + ", ".join(GROUPS))
-    parser.add_argument("--ranks", default=",".join(map(str, RANKS)), help="ranks of the rank group (default %(default)s)")
-    parser.add_argument("--alphas", default=",".join(map(str, ALPHAS)), help="alphas of the alpha group (default %(default)s)")
-    parser.add_argument("--steps", type=int, default=d.steps, help="optimizer steps per run (default %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="examples per step (default %(default)s)")
-    parser.add_argument("--eval-examples", type=int, default=d.eval_examples, help="held-out examples scored per run (default %(default)s)")
-    parser.add_argument("--rank", type=int, default=d.rank, help="the reference adapter's rank (default %(default)s)")
+    parser.add_argument(
+        "--groups", default=",".join(GROUPS), help="comma-separated subset of " + ", ".join(GROUPS)
+    )
+    parser.add_argument(
+        "--ranks", default=",".join(map(str, RANKS)), help="ranks of the rank group (default %(default)s)"
+    )
+    parser.add_argument(
+        "--alphas", default=",".join(map(str, ALPHAS)), help="alphas of the alpha group (default %(default)s)"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=d.steps, help="optimizer steps per run (default %(default)s)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=d.batch_size, help="examples per step (default %(default)s)"
+    )
+    parser.add_argument(
+        "--eval-examples",
+        type=int,
+        default=d.eval_examples,
+        help="held-out examples scored per run (default %(default)s)",
+    )
+    parser.add_argument(
+        "--rank", type=int, default=d.rank, help="the reference adapter's rank (default %(default)s)"
+    )
     parser.add_argument("--lr", type=float, default=d.lr, help="LoRA learning rate (default %(default)s)")
-    parser.add_argument("--full-lr", type=float, default=d.full_lr, help="full fine-tuning learning rate (default %(default)s)")
+    parser.add_argument(
+        "--full-lr",
+        type=float,
+        default=d.full_lr,
+        help="full fine-tuning learning rate (default %(default)s)",
+    )
     parser.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="default %(default)s")
-    parser.add_argument("--noise", type=float, default=d.noise, help="fraction of wrong answers in the poor-data run (default %(default)s)")
+    parser.add_argument(
+        "--noise",
+        type=float,
+        default=d.noise,
+        help="fraction of wrong answers in the poor-data run (default %(default)s)",
+    )
     parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--threads", type=int, default=d.threads, help="torch threads per run; 0: torch's default")
+    parser.add_argument(
+        "--threads", type=int, default=d.threads, help="torch threads per run; 0: torch's default"
+    )
     parser.add_argument("--model", default=d.model, help="base model (default %(default)s)")
 
 
@@ -62,14 +93,24 @@ def parse(args: argparse.Namespace):
     ranks, alphas = _ints(args.ranks, "--ranks"), _ints(args.alphas, "--alphas")
     if any(r > 256 for r in ranks):
         raise ValueError(f"--ranks: at most 256 (SmolLM2's k/v projections are 192 wide), got {args.ranks!r}")
-    options = {"steps": "--steps", "batch_size": "--batch-size", "eval_examples": "--eval-examples", "rank": "--rank",
-               "lr": "--lr", "full_lr": "--full-lr", "warmup_steps": "--warmup-steps", "noise": "--noise",
-               "seed": "--seed", "threads": "--threads", "model": "--model"}
+    options = {
+        "steps": "--steps",
+        "batch_size": "--batch-size",
+        "eval_examples": "--eval-examples",
+        "rank": "--rank",
+        "lr": "--lr",
+        "full_lr": "--full-lr",
+        "warmup_steps": "--warmup-steps",
+        "noise": "--noise",
+        "seed": "--seed",
+        "threads": "--threads",
+        "model": "--model",
+    }
     try:
         settings = Settings(**{name: getattr(args, name) for name in options})
     except ValueError as err:  # name the command-line option, not the field
         name = str(err).split(" ", 1)[0]
-        raise ValueError(f"{options.get(name, name)}{str(err)[len(name):]}") from None
+        raise ValueError(f"{options.get(name, name)}{str(err)[len(name) :]}") from None
     try:
         runs = plan(settings, groups, ranks, alphas)
     except ValueError as err:
@@ -97,10 +138,16 @@ def run(args: argparse.Namespace) -> int:
         runs, settings, path = parse(args)
     except (ValueError, FileExistsError, FileNotFoundError) as err:
         message = str(err)
-        print(f"lora101 bench sweep: error: {'--' + message if message.startswith('output:') else message}", file=sys.stderr)
+        print(
+            f"lora101 bench sweep: error: {'--' + message if message.startswith('output:') else message}",
+            file=sys.stderr,
+        )
         return 2
     command = command_line(args)
-    print(f"{len(runs)} runs x {settings.steps} steps of {settings.batch_size} examples; results -> {path}", flush=True)
+    print(
+        f"{len(runs)} runs x {settings.steps} steps of {settings.batch_size} examples; results -> {path}",
+        flush=True,
+    )
     doc = run_sweep(runs, settings, path, force=args.force, command=command)
     print(table(doc["runs"], timing=True))
     print(f"written {path}")
