@@ -68,7 +68,9 @@ class FinetuneConfig:
         if self.precision not in ("nf4", "bf16", "fp32"):
             raise ValueError(f"precision must be 'nf4', 'bf16' or 'fp32', got {self.precision!r}")
         if self.mixed_precision not in MIXED_PRECISIONS:
-            raise ValueError(f"mixed_precision must be one of {MIXED_PRECISIONS}, got {self.mixed_precision!r}")
+            raise ValueError(
+                f"mixed_precision must be one of {MIXED_PRECISIONS}, got {self.mixed_precision!r}"
+            )
         for name in ("rank", "alpha", "steps", "batch_size", "save_steps", "logging_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -102,7 +104,9 @@ class FinetuneConfig:
 # The model
 
 
-def load_base(model: str = DEFAULT_MODEL, precision: str = "nf4", device: str | None = None, *, prepare: bool = True):
+def load_base(
+    model: str = DEFAULT_MODEL, precision: str = "nf4", device: str | None = None, *, prepare: bool = True
+):
     """The base model ready for adapter training.
 
     ``precision="nf4"``: 4-bit NF4 + double quantisation, computing in fp32 on the CPU and bf16 on
@@ -163,7 +167,9 @@ def keep_cpu_weights_unpacked(model) -> int:
     return len(layers)
 
 
-def lora_config(rank: int = 16, alpha: int = 32, targets: str | Sequence[str] = "all-linear", dropout: float = 0.0):
+def lora_config(
+    rank: int = 16, alpha: int = 32, targets: str | Sequence[str] = "all-linear", dropout: float = 0.0
+):
     """PEFT's ``LoraConfig`` for a causal LM: delta W = B @ A * alpha / rank on each target module."""
     from peft import LoraConfig
 
@@ -174,7 +180,9 @@ def lora_config(rank: int = 16, alpha: int = 32, targets: str | Sequence[str] = 
     )
 
 
-def add_lora(base, rank: int = 16, alpha: int = 32, targets: str | Sequence[str] = "all-linear", dropout: float = 0.0):
+def add_lora(
+    base, rank: int = 16, alpha: int = 32, targets: str | Sequence[str] = "all-linear", dropout: float = 0.0
+):
     """Wrap ``base`` with fresh LoRA adapters (B = 0, so the model's outputs are unchanged at first)."""
     from peft import get_peft_model
 
@@ -418,7 +426,9 @@ def train(
     set_seed(config.seed)
     keep = [c for c in ("input_ids", "attention_mask", "labels") if c in train_dataset.column_names]
     if "labels" not in keep or "input_ids" not in keep:
-        raise ValueError("train_dataset needs 'input_ids' and 'labels' columns (see lora101.data.tokenize_example)")
+        raise ValueError(
+            "train_dataset needs 'input_ids' and 'labels' columns (see lora101.data.tokenize_example)"
+        )
     train_dataset = train_dataset.select_columns(keep)
     recorder = _LossRecorder()
     trainer = Trainer(
@@ -497,7 +507,12 @@ def load_adapter(folder: str | os.PathLike, model: str = DEFAULT_MODEL, precisio
 
 
 def merge_adapter(
-    folder: str | os.PathLike, model: str = DEFAULT_MODEL, dtype: str = "fp32", device=None, *, base: str = "dequantized"
+    folder: str | os.PathLike,
+    model: str = DEFAULT_MODEL,
+    dtype: str = "fp32",
+    device=None,
+    *,
+    base: str = "dequantized",
 ):
     """A full-precision copy of the base with the adapter in ``folder`` folded into its weights.
 
