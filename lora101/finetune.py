@@ -267,11 +267,16 @@ def training_arguments(config: FinetuneConfig, output_dir: str | os.PathLike, *,
     where :func:`autocast_dtype` says so."""
     from transformers import TrainingArguments
 
+    from lora101 import distributed
+
     dev = choose_device(config.device)
     cuda = dev.type == "cuda"
     return TrainingArguments(
         output_dir=str(output_dir),
-        per_device_train_batch_size=config.batch_size,
+        # config.batch_size is the global batch: under torchrun each process takes its share of it
+        per_device_train_batch_size=distributed.per_process_batch(config.batch_size),
+        ddp_backend=distributed.ddp_backend(dev.type),
+        ddp_find_unused_parameters=False,  # every adapter takes part in every step: no search needed
         max_steps=config.steps,
         learning_rate=config.lr,
         lr_scheduler_type="cosine",
@@ -324,6 +329,7 @@ class TrainResult:
     tokens: int = 0
     tokens_per_s: float = 0.0
     global_step: int = 0
+    world_size: int = 1  # processes that trained together; tokens and tokens/s count all of them
 
 
 def collator(tokenizer):
@@ -446,7 +452,7 @@ def train(
     drop_autocast_wrapper(model)
     model.eval()
     seen = trainer.state.num_input_tokens_seen or 0
-    if not seen:  # count real tokens: steps x batch_size examples, in the order the sampler drew them
+    if not seen:  # count real tokens: steps x the global batch_size examples, the whole job's
         lengths = [len(x) for x in train_dataset["input_ids"]]
         done = out.global_step * config.batch_size
         seen = sum(lengths[i % len(lengths)] for i in range(done))
@@ -457,6 +463,7 @@ def train(
         tokens=int(seen),
         tokens_per_s=float(seen) / wall if wall > 0 else math.nan,
         global_step=out.global_step,
+        world_size=trainer.args.world_size,
     )
 
 

@@ -20,7 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lora101 import distributed
 from lora101.data import DataError, load_splits, prompt_text, tokenize_examples
+from lora101.distributed import BatchSplitError
 from lora101.doctor import installed_versions
 from lora101.finetune import MIXED_PRECISIONS, FinetuneConfig
 from lora101.tasks import DEFAULT_TASK, get_task, task_names
@@ -118,18 +120,21 @@ def run(args) -> int:
     """Run the job; returns 0 on success, 2 on bad input (message on stderr)."""
     try:
         return _run(args)
-    except (DataError, FileExistsError) as err:
+    except (DataError, FileExistsError, BatchSplitError) as err:
         print(f"lora101 finetune: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        distributed.finish()
 
 
 def _run(args) -> int:
     from lora101 import finetune as ft
-    from lora101.models import load_tokenizer
+    from lora101.models import choose_device, load_tokenizer
     from lora101.plots import loss_curve
 
     out = _checked_output(args)
     config = _config(args)
+    per_process = distributed.per_process_batch(config.batch_size)  # before any loading: fail fast
     task_name = None if args.data else args.task or DEFAULT_TASK
     task = get_task(task_name) if task_name else None
     train_ex, eval_ex = load_splits(
@@ -146,13 +151,18 @@ def _run(args) -> int:
     tokenize_examples(tokenizer, eval_ex, args.eval_data or args.data, args.max_length)  # same length check
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
+    # Under torchrun / accelerate launch: join the other processes now, so that they can wait for rank 0.
+    distributed.start(choose_device(args.device).type)
 
     model = ft.add_lora(
         ft.load_base(args.model, args.precision, args.device), args.rank, args.alpha, args.targets
     )
     evaluate = _evaluator(args, model, tokenizer, eval_ex, task)
-    before = _before(args, out, evaluate)
+    before = _before(args, out, evaluate) if distributed.is_main_process() else None
+    distributed.wait_for_everyone()  # the others wait while rank 0 measures the untrained model
     result = ft.train(model, tokenizer, train_ds, config, out / "checkpoints", resume=bool(args.resume))
+    if not distributed.is_main_process():  # every process holds the same adapter: rank 0 writes it
+        return 0
     after, preds = evaluate("after")
     print(f"after:  exact match {after['exact_match']:.1%} on {after['n']} held-out examples", flush=True)
     ft.save_adapter(model, out, overwrite=True)  # guarded by _checked_output: only reached when allowed
@@ -167,6 +177,7 @@ def _run(args) -> int:
         "task": task_name,
         "train_examples": len(train_ex),
         **_measurements(args, config, result, start),
+        **_processes(result, per_process),
     }
     (out / REPORT).write_text(json.dumps(report, indent=2))
     print(f"wrote {out}: adapter, {REPORT}, loss.png ({result.tokens_per_s:.0f} tokens/s)")
@@ -256,4 +267,17 @@ def _measurements(args, config: FinetuneConfig, result, start: float) -> dict[st
         "config": config.to_dict(),
         "versions": installed_versions(),
         "torch_threads": torch.get_num_threads(),
+    }
+
+
+def _processes(result, per_process: int) -> dict[str, Any]:
+    """How many processes trained (torchrun / accelerate launch) and how each step's batch was split.
+
+    ``tokens_per_s`` already counts the whole job: every process's tokens over rank 0's training time.
+    Peak memory is rank 0's alone (each process holds its own copy of the model).
+    """
+    return {
+        "world_size": result.world_size,
+        "global_batch": per_process * result.world_size,
+        "per_process_batch": per_process,
     }
