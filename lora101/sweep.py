@@ -197,6 +197,11 @@ def plan(
         add(replace(ref, name=f"LoRA r={r}, pretrained base, clean data"), "wrong_tool")
         add(replace(ref, name=f"LoRA r={r}, random base", base="random"), "wrong_tool")
         add(replace(ref, name=f"LoRA r={r}, {settings.noise:.0%} wrong answers", data="noisy"), "wrong_tool")
+    return _once_each(wanted)
+
+
+def _once_each(wanted: list[Run]) -> list[Run]:
+    """``wanted`` with each run once (by :attr:`Run.key`), listed with every group that asked for it."""
     merged: dict[tuple, Run] = {}
     for run in wanted:
         if run.key in merged:
@@ -332,7 +337,6 @@ def run_one(
     """
     import torch
 
-    from lora101 import finetune as ft
     from lora101.memory import peak_memory_bytes, peak_rss_bytes
     from lora101.models import choose_device, load_tokenizer
 
@@ -353,33 +357,7 @@ def run_one(
         "rss_after_model_bytes": rss_after_model,
     }
     if run.method != "none":
-        config = ft.FinetuneConfig(
-            model=settings.model,
-            precision=_precision(run),
-            rank=run.rank,
-            alpha=run.alpha,
-            steps=settings.steps,
-            batch_size=settings.batch_size,
-            lr=run.lr,
-            warmup_steps=settings.warmup_steps,
-            seed=settings.seed,
-            save_steps=10**9,
-            logging_steps=1,
-        )
-        callbacks = [_step_callback(on_step)] if on_step else []
-        with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-            trained = ft.train(model, tokenizer, train_ds, config, tmp, callbacks=callbacks, progress=False)
-        losses = trained.losses
-        result["train"] = {
-            "steps": trained.global_step,
-            "wall_s": trained.wall_s,
-            "tokens": trained.tokens,
-            "tokens_per_s": trained.tokens_per_s,
-            "first_loss": losses[0] if losses else None,
-            "final_loss": losses[-1] if losses else None,
-            "last5_mean_loss": sum(losses[-5:]) / len(losses[-5:]) if losses else None,
-            "losses": losses,
-        }
+        result["train"] = _train(run, settings, model, tokenizer, train_ds, on_step, workdir)
     start = time.perf_counter()
     result["eval"] = teacher_forced_scores(model, tokenizer, test_ds)
     result["eval"]["wall_s"] = time.perf_counter() - start
@@ -392,6 +370,39 @@ def run_one(
     if load_start is not None:
         result["load_average_1min"] = {"start": load_start, "end": os.getloadavg()[0]}
     return result
+
+
+def _train(run: Run, settings: Settings, model, tokenizer, train_ds, on_step, workdir) -> dict[str, Any]:
+    """Train ``model`` for ``run`` in a throw-away output folder; its steps, time, tokens and losses."""
+    from lora101 import finetune as ft
+
+    config = ft.FinetuneConfig(
+        model=settings.model,
+        precision=_precision(run),
+        rank=run.rank,
+        alpha=run.alpha,
+        steps=settings.steps,
+        batch_size=settings.batch_size,
+        lr=run.lr,
+        warmup_steps=settings.warmup_steps,
+        seed=settings.seed,
+        save_steps=10**9,
+        logging_steps=1,
+    )
+    callbacks = [_step_callback(on_step)] if on_step else []
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        trained = ft.train(model, tokenizer, train_ds, config, tmp, callbacks=callbacks, progress=False)
+    losses = trained.losses
+    return {
+        "steps": trained.global_step,
+        "wall_s": trained.wall_s,
+        "tokens": trained.tokens,
+        "tokens_per_s": trained.tokens_per_s,
+        "first_loss": losses[0] if losses else None,
+        "final_loss": losses[-1] if losses else None,
+        "last5_mean_loss": sum(losses[-5:]) / len(losses[-5:]) if losses else None,
+        "losses": losses,
+    }
 
 
 def _step_callback(on_step: Callable[[int], None]):
