@@ -17,13 +17,12 @@ of each type), blocksize 64.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
 import lora101  # noqa: F401  (before bitsandbytes: silences its CPU kernel warning)
 from lora101 import nf4
+from lora101.bench.timing import median_times
 
 LAYER_TYPES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -39,22 +38,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--layers", default="0,14,29", help="SmolLM2 layer indices for the error table")
     parser.add_argument("--no-errors", action="store_true", help="skip the reconstruction-error table")
-
-
-def _median_times(fns: list, repeats: int, device: torch.device) -> list[float]:
-    for fn in fns:  # warm-up (and caches: code tables, LUTs)
-        fn()
-    times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times[i].append(time.perf_counter() - start)
-    return [statistics.median(t) for t in times]
 
 
 def smollm2_weights(layers: list[int]) -> dict[str, torch.Tensor]:
@@ -113,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"--dtypes: unknown dtype(s) {unknown}; choose from {list(DTYPES)}")
     torch.manual_seed(0)
     w32 = torch.randn(args.size, args.size, device=device) * 0.02
-    (t_copy,) = _median_times([lambda: w32.clone()], args.repeats, device)
+    (t_copy,) = median_times([lambda: w32.clone()], args.repeats, device)
     copy_gbps = _gbps(2 * w32.numel() * w32.element_size(), t_copy)
     print(
         f"{args.size}x{args.size} on {device}, NF4 blocksize 64, median of {args.repeats}, "
@@ -143,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
                 raise SystemExit("lora101.nf4 and bitsandbytes disagree on this matrix: not timing")
             if not torch.equal(nf4.dequantize_nf4(ours_state), BF.dequantize_4bit(packed, state)):
                 raise SystemExit("dequantised tensors disagree: not timing")
-            t_q = _median_times(
+            t_q = median_times(
                 [
                     lambda w=w, dq=dq: nf4.quantize_nf4(w, 64, dq),
                     lambda w=w, dq=dq: BF.quantize_4bit(
@@ -153,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
                 args.repeats,
                 device,
             )
-            t_d = _median_times(
+            t_d = median_times(
                 [
                     lambda s=ours_state: nf4.dequantize_nf4(s),
                     lambda p=packed, s=state: BF.dequantize_4bit(p, s),
