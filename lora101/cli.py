@@ -1,9 +1,10 @@
-"""The ``lora101`` command: ``doctor``, ``model prepare|info``, ``bench NAME`` and the course's jobs.
+"""The ``lora101`` command: ``doctor``, ``model prepare|info``, ``sweep``, ``bench NAME`` and the course's jobs.
 
-Each command lives in its own module, which exposes ``register(subparsers)``: it adds its parser
-and sets ``func`` (called with the parsed arguments, returning the exit status). Benchmarks are
-found by themselves: every module in ``lora101/bench/`` with ``add_arguments(parser)`` and
-``run(args) -> int`` becomes ``lora101 bench MODULE``.
+One convention for commands. A top-level command is a module ``lora101/NAME_cli.py`` with
+``register(subparsers)``: it adds its parser and sets ``func`` (called with the parsed arguments,
+returning the exit status); the library it drives stays in its own module. Benchmarks are found by
+themselves: every module in ``lora101/bench/`` with ``add_arguments(parser)`` and ``run(args) -> int``
+becomes ``lora101 bench MODULE``.
 """
 
 from __future__ import annotations
@@ -16,12 +17,16 @@ from pathlib import Path
 
 # Modules that add a top-level command (each with a ``register(subparsers)`` function).
 COMMAND_MODULES = [
-    "lora101.doctor",
+    "lora101.doctor_cli",
     "lora101.model_cli",
     "lora101.finetune_cli",
-    "lora101.grading",
-    "lora101.colab",
+    "lora101.sweep_cli",
+    "lora101.grading_cli",
+    "lora101.colab_cli",
 ]
+# Old names kept working: ``lora101 bench NAME`` runs the command module's ``add_arguments`` and ``run``
+# (lesson 6 and its stored results files were written with ``lora101 bench sweep``).
+BENCH_ALIASES = {"sweep": "lora101.sweep_cli"}
 
 
 def _benchmark_names() -> dict[str, str]:
@@ -52,10 +57,12 @@ def _register_benchmarks(subparsers, argv: list[str]) -> None:
     )
     names = parser.add_subparsers(dest="benchmark", metavar="NAME", required=True)
     chosen = argv[1] if len(argv) > 1 and argv[0] == "bench" else None
-    for name, summary in _benchmark_names().items():
+    summaries = _benchmark_names()
+    summaries.update({name: f"the same as lora101 {name}" for name in BENCH_ALIASES})
+    for name, summary in sorted(summaries.items()):
         sub = names.add_parser(name, help=summary, description=summary)
         if name == chosen:
-            module = importlib.import_module(f"lora101.bench.{name}")
+            module = importlib.import_module(BENCH_ALIASES.get(name, f"lora101.bench.{name}"))
             sub.description = module.__doc__
             sub.formatter_class = argparse.RawDescriptionHelpFormatter
             module.add_arguments(sub)

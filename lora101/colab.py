@@ -91,7 +91,7 @@ def _rewrite_text(text: str, slug: str, branch: str) -> str:
     return text
 
 
-def _module_address(module: Path) -> tuple[str, str]:
+def written_address(module: Path) -> tuple[str, str]:
     """REPO_SLUG and BRANCH as written in ``module`` (the checkout's own colab.py, not the imported one)."""
     text = module.read_text()
     slug = re.search(r'^REPO_SLUG = "([^"]*)"', text, re.M)
@@ -150,7 +150,7 @@ def sync(root: str | Path, slug: str | None = None, branch: str | None = None) -
         raise FileNotFoundError(
             f"{module} not found: --root must be the course's repository (a clone or fork)"
         )
-    written_slug, written_branch = _module_address(module)
+    written_slug, written_branch = written_address(module)
     slug, branch = slug or written_slug, branch or written_branch
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+", slug):
         raise ValueError(f"--repo: {slug!r} is not a GitHub OWNER/NAME")
@@ -171,30 +171,3 @@ def sync(root: str | Path, slug: str | None = None, branch: str | None = None) -
         module.write_text(new)
         changed.append(module)
     return changed
-
-
-def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "colab", help="point every notebook's Colab set-up cell and badge at this repository (or a fork)"
-    )
-    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    sub = actions.add_parser(
-        "sync",
-        help="rewrite the set-up cells, Colab/Binder badges and lora101/colab.py to one address",
-        description="Rewrite every course notebook's first code cell and its 'Open in Colab' badge, the README's "
-        "badges and REPO_SLUG/BRANCH in lora101/colab.py, so that all name one repository. Run it in a clone "
-        "of a fork, then commit: learners opening the fork's notebooks on Colab install the fork.",
-    )
-    sub.add_argument("--repo", help=f"GitHub OWNER/NAME of the course (default: {REPO_SLUG})")
-    sub.add_argument("--branch", help=f"the branch learners install from (default: {BRANCH})")
-    sub.add_argument("--root", default=".", help="the repository's folder (default: the current folder)")
-    sub.set_defaults(func=_run_sync)
-
-
-def _run_sync(args) -> int:
-    changed = sync(args.root, args.repo, args.branch)
-    for path in changed:
-        print(f"rewrote {path}")
-    slug, branch = _module_address(Path(args.root) / "lora101" / "colab.py")
-    print(f"{len(changed)} file(s) changed; every notebook installs from github.com/{slug}@{branch}")
-    return 0

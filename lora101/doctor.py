@@ -1,7 +1,7 @@
 """``lora101 doctor``: tell a learner the truth about this machine, and what to do about it.
 
-Every check runs something real (the 4-bit check quantises a layer and runs it); the exit status is
-non-zero when something a lesson needs is missing or broken.
+Every check runs something real (the 4-bit check quantises a layer and runs it); the command
+(``lora101.doctor_cli``) exits non-zero when something a lesson needs is missing or broken.
 """
 
 from __future__ import annotations
@@ -287,14 +287,3 @@ def report(results: list[Check]) -> str:
     verdict = "ready for every lesson" if not failed else f"{failed} problem(s) to fix before the lessons"
     lines.append(f"\n{verdict}; {warned} warning(s).")
     return "\n".join(lines)
-
-
-def register(subparsers) -> None:
-    parser = subparsers.add_parser("doctor", help="check this machine for the course and say what to fix")
-    parser.set_defaults(func=_run)
-
-
-def _run(args) -> int:
-    results = run_checks()
-    print(report(results))
-    return 1 if any(c.status == "FAIL" for c in results) else 0

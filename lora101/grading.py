@@ -26,11 +26,8 @@ gradebook are kept (nbgrader's autograde updates only the automatic scores).
 
 from __future__ import annotations
 
-import argparse
 import csv
-import os
 import shutil
-import sys
 import time
 from functools import cache
 from pathlib import Path
@@ -327,102 +324,3 @@ def scores(course_root: Path) -> list[dict]:
                     )
                 )
     return sorted(rows, key=lambda r: (r["student"], r["assignment"]))
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "grade",
-        help="autograde a folder of submissions: feedback HTML and scores.csv, no Jupyter server needed",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("submissions", type=Path, metavar="SUBMISSIONS_DIR")
-    p.add_argument(
-        "--out", type=Path, default=None, help="grading folder (default: SUBMISSIONS_DIR/../graded)"
-    )
-    p.add_argument(
-        "--course",
-        type=Path,
-        default=COURSE_DIR,
-        help=f"the course's exercises/ folder (default {COURSE_DIR})",
-    )
-    p.add_argument(
-        "--regrade", action="store_true", help="grade again what was graded (old results are backed up)"
-    )
-    p.add_argument(
-        "--timeout", type=int, default=CELL_TIMEOUT_S, help="seconds a cell may run (default %(default)s)"
-    )
-    p.add_argument(
-        "--jobs", type=int, default=1, help="submissions graded at a time, one process each (default 1)"
-    )
-    p.add_argument(
-        "--shard",
-        type=_shard,
-        default=None,
-        metavar="K/M",
-        help="grade only shard K of M of the students (in name order: K, K+M, ...); combine the "
-        "shards' grading folders with lora101 grade-merge",
-    )
-    p.set_defaults(func=_main)
-    m = subparsers.add_parser(
-        "grade-merge",
-        help="merge grading folders of lora101 grade --shard K/M runs into one gradebook and scores.csv",
-        description=grade_merge.__doc__,
-    )
-    m.add_argument("shards", type=Path, nargs="+", metavar="SHARD_DIR", help="grading folders (their --out)")
-    m.add_argument("--out", type=Path, required=True, help="the merged grading folder")
-    m.add_argument(
-        "--course",
-        type=Path,
-        default=COURSE_DIR,
-        help=f"the course's exercises/ folder (default {COURSE_DIR})",
-    )
-    m.set_defaults(func=_merge_main)
-
-
-def _shard(text: str) -> tuple[int, int]:
-    from lora101.grading_parallel import parse_shard
-
-    try:
-        return parse_shard(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
-def _main(args) -> int:
-    os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")  # alembic
-    out = args.out or args.submissions.resolve().parent / "graded"
-    try:
-        rows = grade(
-            args.submissions,
-            out,
-            args.course,
-            regrade=args.regrade,
-            cell_timeout=args.timeout,
-            jobs=args.jobs,
-            shard=args.shard,
-        )
-    except ValueError as err:
-        print(f"lora101 grade: {err}", file=sys.stderr)
-        return 2
-    _print_rows(rows)
-    return 0
-
-
-def _merge_main(args) -> int:
-    os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")  # alembic
-    try:
-        rows = grade_merge(args.shards, args.out, args.course)
-    except ValueError as err:
-        print(f"lora101 grade-merge: {err}", file=sys.stderr)
-        return 2
-    _print_rows(rows)
-    return 0
-
-
-def _print_rows(rows: list[dict]) -> None:
-    for r in rows:
-        print(
-            f"{r['student']:>16} {r['assignment']:<20} {r['score']:6.1f} / {r['max_score']:.1f}"
-            + ("  (needs manual grading)" if r["needs_manual_grade"] else "")
-        )

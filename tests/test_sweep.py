@@ -1,5 +1,5 @@
-"""lora101.sweep and `lora101 bench sweep`: the plan, argument checks, no overwrite, teacher-forced scoring,
-and one tiny real sweep that writes a well-formed results file."""
+"""lora101.sweep and `lora101 sweep` (alias `lora101 bench sweep`): the plan, argument checks, no overwrite,
+teacher-forced scoring, and one tiny real sweep that writes a well-formed results file."""
 
 from __future__ import annotations
 
@@ -71,32 +71,48 @@ def test_runs_refuse_bad_values():
 ])
 def test_cli_names_the_bad_option(tmp_path, capsys, args, message):
     out = tmp_path / "r.json"
-    assert main(["bench", "sweep", "--output", str(out), *args]) == 2
+    assert main(["sweep", "--output", str(out), *args]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("lora101 bench sweep: error: ") and message in err, err
+    assert err.startswith("lora101 sweep: error: ") and message in err, err
     assert not out.exists()
 
 
+def test_bench_sweep_is_the_same_command(tmp_path, capsys):
+    """Lesson 6 and its stored results files spell it `lora101 bench sweep`: that keeps working, word for word."""
+    argv = ["--output", str(tmp_path / "r.json"), "--ranks", "0,4"]
+    assert main(["sweep", *argv]) == 2
+    direct = capsys.readouterr()
+    assert main(["bench", "sweep", *argv]) == 2
+    assert capsys.readouterr() == direct
+    from lora101.cli import build_parser
+    from lora101.sweep_cli import command_line
+
+    bench_argv = ["bench", "sweep", "--output", "r.json", "--steps", "2"]
+    bench = command_line(build_parser(bench_argv).parse_args(bench_argv))
+    assert bench == command_line(build_parser(bench_argv[1:]).parse_args(bench_argv[1:]))
+    assert bench.startswith("lora101 sweep --output r.json")
+
+
 def test_cli_checks_the_output_path(tmp_path, capsys):
-    assert main(["bench", "sweep", "--output", str(tmp_path / "r.txt")]) == 2
+    assert main(["sweep", "--output", str(tmp_path / "r.txt")]) == 2
     assert "--output: " in capsys.readouterr().err
-    assert main(["bench", "sweep", "--output", str(tmp_path / "missing" / "r.json")]) == 2
+    assert main(["sweep", "--output", str(tmp_path / "missing" / "r.json")]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert main(["bench", "sweep", "--output", str(tmp_path)]) == 2  # a folder
+    assert main(["sweep", "--output", str(tmp_path)]) == 2  # a folder
     assert "must end in .json" in capsys.readouterr().err
 
 
 def test_cli_never_overwrites_without_force(tmp_path, capsys):
     out = tmp_path / "kept.json"
     out.write_text('{"mine": true}')
-    assert main(["bench", "sweep", "--output", str(out), "--steps", "1"]) == 2
+    assert main(["sweep", "--output", str(out), "--steps", "1"]) == 2
     err = capsys.readouterr().err
     assert "already exists" in err and "pass --force" in err
     assert out.read_text() == '{"mine": true}'
-    from lora101.bench.sweep import parse
     from lora101.cli import build_parser
+    from lora101.sweep_cli import parse
 
-    argv = ["bench", "sweep", "--output", str(out), "--force", "--groups", "rank", "--ranks", "2"]
+    argv = ["sweep", "--output", str(out), "--force", "--groups", "rank", "--ranks", "2"]
     runs, settings, path = parse(build_parser(argv).parse_args(argv))
     assert path == out and [r.rank for r in runs] == [2] and settings == Settings()
 
@@ -106,7 +122,7 @@ def test_load_results_rejects_other_files(tmp_path):
     bad.write_text(json.dumps({"format": "something-else"}))
     with pytest.raises(ValueError, match="format"):
         sweep.load_results(bad)
-    with pytest.raises(FileNotFoundError, match="lora101 bench sweep --output"):
+    with pytest.raises(FileNotFoundError, match="lora101 sweep --output"):
         sweep.load_results(tmp_path / "none.json")
 
 
@@ -138,12 +154,12 @@ def test_teacher_forced_exact_match_is_greedy_decoding(base_model_dir):
 @pytest.mark.slow
 def test_tiny_real_sweep_writes_a_well_formed_results_file(base_model_dir, tmp_path, capsys):
     out = tmp_path / "tiny.json"
-    argv = ["bench", "sweep", "--output", str(out), "--groups", "rank", "--ranks", "2", "--steps", "2",
+    argv = ["sweep", "--output", str(out), "--groups", "rank", "--ranks", "2", "--steps", "2",
             "--batch-size", "2", "--eval-examples", "3", "--threads", "1"]
     assert main(argv) == 0
     doc = sweep.load_results(out)
     assert doc["complete"] is True and doc["format"] == sweep.FORMAT
-    assert doc["command"].startswith("lora101 bench sweep --output ") and "--steps 2" in doc["command"]
+    assert doc["command"].startswith("lora101 sweep --output ") and "--steps 2" in doc["command"]
     assert doc["machine"]["cpu_cores"] >= 1 and doc["machine"]["cpu"]
     assert doc["versions"]["torch"] and doc["versions"]["peft"]
     assert doc["settings"]["steps"] == 2 and doc["settings"]["eval_examples"] == 3

@@ -10,9 +10,9 @@ Groups (--groups, default all): method (base untrained, full FT, LoRA, QLoRA), l
 learning rates), rank (--ranks, alpha = 2r), targets (q,v vs all linear layers at an equal parameter
 budget), alpha (--alphas at the reference rank), wrong_tool (a random-init base, noisy answers).
 
-Examples:
-  lora101 bench sweep --output sweep.json                                 # everything (hours on a laptop CPU)
-  lora101 bench sweep --output quick.json --groups rank --ranks 1,16 --steps 10 --eval-examples 16
+Examples (``lora101 bench sweep``, its old name, is the same command):
+  lora101 sweep --output sweep.json                                 # everything (hours on a laptop CPU)
+  lora101 sweep --output quick.json --groups rank --ranks 1,16 --steps 10 --eval-examples 16
 """
 
 from __future__ import annotations
@@ -20,6 +20,18 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+
+
+def register(subparsers) -> None:
+    """Add the ``sweep`` command to the ``lora101`` parser (``lora101 bench sweep`` is the same command)."""
+    parser = subparsers.add_parser(
+        "sweep",
+        help=__doc__.splitlines()[0],
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(parser)
+    parser.set_defaults(func=run)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -121,7 +133,7 @@ def parse(args: argparse.Namespace):
 
 def command_line(args: argparse.Namespace) -> str:
     """The full command, every option spelled out, that reproduces this sweep (recorded in the file)."""
-    parts = ["lora101", "bench", "sweep"]
+    parts = ["lora101", "sweep"]
     for key, value in vars(args).items():
         if key in ("command", "benchmark", "func") or value is False or value is None:
             continue
@@ -139,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, FileExistsError, FileNotFoundError) as err:
         message = str(err)
         print(
-            f"lora101 bench sweep: error: {'--' + message if message.startswith('output:') else message}",
+            f"lora101 sweep: error: {'--' + message if message.startswith('output:') else message}",
             file=sys.stderr,
         )
         return 2
