@@ -36,6 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from lora101.doctor import installed_versions
 from lora101.models import DEFAULT_MODEL
 from lora101.targets import ALL_LINEAR, parse_targets
 
@@ -464,13 +465,6 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
-def versions() -> dict[str, str]:
-    """Python and the libraries a run depends on."""
-    from lora101.doctor import installed_versions
-
-    return installed_versions()
-
-
 def check_output_path(path: str | os.PathLike, force: bool = False) -> Path:
     """``path`` as a Path, after checking that a results file may be written there.
 
@@ -537,7 +531,7 @@ def run_sweep(
         "finished": None,
         "complete": False,
         "machine": machine_info(),
-        "versions": versions(),
+        "versions": installed_versions(),
         "settings": asdict(settings),
         "scoring": "teacher-forced on the held-out test split: exact_match = greedy decoding reproduces the "
         "reference answer exactly (see lora101.sweep)",
@@ -593,7 +587,7 @@ def load_results(path: str | os.PathLike) -> dict[str, Any]:
         doc = json.loads(path.read_text())
     except FileNotFoundError:
         raise FileNotFoundError(
-            f"{path}: no such results file; `lora101 bench sweep --output {path}` writes one"
+            f"{path}: no such results file; `lora101 sweep --output {path}` writes one"
         ) from None
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not JSON ({err})") from None

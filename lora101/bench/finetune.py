@@ -97,7 +97,7 @@ def _worker(spec: dict) -> dict:
         trainer = Trainer(model=model, args=args, train_dataset=ds,
                           data_collator=DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100))
         wall, tokens = _measure(trainer, ds, steps, bs)
-    from lora101.finetune import peak_memory_bytes
+    from lora101.memory import peak_memory_bytes
 
     return {"variant": kind, "steps": steps, "tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall,
             "peak_memory_bytes": peak_memory_bytes(device), "device": str(device), "threads": torch.get_num_threads()}

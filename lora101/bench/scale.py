@@ -256,7 +256,7 @@ def _worker(spec: dict) -> dict:
     import torch
 
     import lora101  # noqa: F401  (silences bitsandbytes' CPU notice before it is imported)
-    from lora101.finetune import peak_memory_bytes
+    from lora101.memory import peak_memory_bytes
     from lora101.models import choose_device, has_native_bf16
 
     device = choose_device(spec["device"])
@@ -364,13 +364,14 @@ def run(args: argparse.Namespace) -> int:
 
 def results_document(args: argparse.Namespace, rows: list[dict]) -> dict:
     """What the results file holds: the command, machine, versions, settings, runs and what to read from them."""
-    from lora101.sweep import machine_info, versions
+    from lora101.doctor import installed_versions
+    from lora101.sweep import machine_info
 
     options = sys.argv[sys.argv.index("scale") + 1 :] if "scale" in sys.argv else []
     return {
         "command": " ".join(["lora101 bench scale", *options]),
         "machine": machine_info(),
-        "versions": versions(),
+        "versions": installed_versions(),
         "settings": {
             "steps": args.steps,
             "batch_size": args.batch_size,
