@@ -22,13 +22,20 @@ VARIANTS = ("qlora", "lora", "baseline")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None, help="base model: a bundled name, a folder or a hub id "
-                        "(default: the bundled SmolLM2-135M-Instruct)")
-    parser.add_argument("--steps", type=int, default=6, help="optimizer steps per variant (default %(default)s)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="base model: a bundled name, a folder or a hub id (default: the bundled SmolLM2-135M-Instruct)",
+    )
+    parser.add_argument(
+        "--steps", type=int, default=6, help="optimizer steps per variant (default %(default)s)"
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--alpha", type=int, default=32)
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ", ".join(VARIANTS))
+    parser.add_argument(
+        "--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ", ".join(VARIANTS)
+    )
     parser.add_argument("--json", action="store_true", help="print the rows as JSON as well")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
 
@@ -36,7 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _dataset(tokenizer, n: int):
     from lora101.tasks.contracts import build_dataset
 
-    return build_dataset(tokenizer, n_train=n, n_test=1)["train"].select_columns(["input_ids", "attention_mask", "labels"])
+    return build_dataset(tokenizer, n_train=n, n_test=1)["train"].select_columns(
+        ["input_ids", "attention_mask", "labels"]
+    )
 
 
 def _measure(trainer, dataset, steps: int, batch_size: int) -> tuple[float, int]:
@@ -63,8 +72,15 @@ def _worker(spec: dict) -> dict:
     if kind in ("qlora", "lora"):
         from lora101 import finetune as ft
 
-        config = ft.FinetuneConfig(model=model_name, precision="nf4" if kind == "qlora" else "bf16",
-                                   rank=spec["rank"], alpha=spec["alpha"], steps=steps, batch_size=bs, save_steps=10**6)
+        config = ft.FinetuneConfig(
+            model=model_name,
+            precision="nf4" if kind == "qlora" else "bf16",
+            rank=spec["rank"],
+            alpha=spec["alpha"],
+            steps=steps,
+            batch_size=bs,
+            save_steps=10**6,
+        )
         model = ft.add_lora(ft.load_base(model_name, precision=config.precision), config.rank, config.alpha)
         result = ft.train(model, tok, ds, config, spec["tmp"], progress=False)
         wall, tokens = result.wall_s, result.tokens
@@ -82,25 +98,61 @@ def _worker(spec: dict) -> dict:
         from lora101.models import compute_dtype_for, resolve_model
 
         cuda = device.type == "cuda"
-        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                   bnb_4bit_compute_dtype=compute_dtype_for(device))
-        model = AutoModelForCausalLM.from_pretrained(resolve_model(model_name).path, quantization_config=quant,
-                                                     device_map={"": str(device)})
+        quant = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute_dtype_for(device),
+        )
+        model = AutoModelForCausalLM.from_pretrained(
+            resolve_model(model_name).path, quantization_config=quant, device_map={"": str(device)}
+        )
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cuda)
-        model = get_peft_model(model, LoraConfig(r=spec["rank"], lora_alpha=spec["alpha"], lora_dropout=0.0,
-                                                 target_modules="all-linear", task_type="CAUSAL_LM"))
-        args = TrainingArguments(output_dir=spec["tmp"], per_device_train_batch_size=bs, max_steps=steps,
-                                 learning_rate=FinetuneConfig().lr, lr_scheduler_type="cosine", warmup_steps=1,
-                                 report_to=[], save_strategy="no", optim="paged_adamw_8bit" if cuda else "adamw_torch",
-                                 **checkpointing_arguments(cuda), bf16=autocast_dtype(FinetuneConfig()) is not None,
-                                 use_cpu=not cuda, disable_tqdm=True, seed=0)
-        trainer = Trainer(model=model, args=args, train_dataset=ds,
-                          data_collator=DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100))
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=spec["rank"],
+                lora_alpha=spec["alpha"],
+                lora_dropout=0.0,
+                target_modules="all-linear",
+                task_type="CAUSAL_LM",
+            ),
+        )
+        args = TrainingArguments(
+            output_dir=spec["tmp"],
+            per_device_train_batch_size=bs,
+            max_steps=steps,
+            learning_rate=FinetuneConfig().lr,
+            lr_scheduler_type="cosine",
+            warmup_steps=1,
+            report_to=[],
+            save_strategy="no",
+            optim="paged_adamw_8bit" if cuda else "adamw_torch",
+            **checkpointing_arguments(cuda),
+            bf16=autocast_dtype(FinetuneConfig()) is not None,
+            use_cpu=not cuda,
+            disable_tqdm=True,
+            seed=0,
+        )
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=ds,
+            data_collator=DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100),
+        )
         wall, tokens = _measure(trainer, ds, steps, bs)
     from lora101.memory import peak_memory_bytes
 
-    return {"variant": kind, "steps": steps, "tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall,
-            "peak_memory_bytes": peak_memory_bytes(device), "device": str(device), "threads": torch.get_num_threads()}
+    return {
+        "variant": kind,
+        "steps": steps,
+        "tokens": tokens,
+        "wall_s": wall,
+        "tokens_per_s": tokens / wall,
+        "peak_memory_bytes": peak_memory_bytes(device),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def run(args: argparse.Namespace) -> int:
@@ -118,8 +170,15 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     for kind in variants:
         with tempfile.TemporaryDirectory() as tmp:
-            spec = dict(kind=kind, model=args.model, steps=args.steps, batch_size=args.batch_size, rank=args.rank, alpha=args.alpha,
-                        tmp=tmp)
+            spec = dict(
+                kind=kind,
+                model=args.model,
+                steps=args.steps,
+                batch_size=args.batch_size,
+                rank=args.rank,
+                alpha=args.alpha,
+                tmp=tmp,
+            )
             rows.append(run_worker("finetune", spec, kind))
     _print_table(rows)
     if args.json:
@@ -131,14 +190,18 @@ def _print_table(rows: list[dict]) -> None:
     by = {r["variant"]: r for r in rows}
     print(f"{'variant':<10} {'steps':>5} {'tokens':>7} {'wall s':>8} {'tokens/s':>9} {'peak MiB':>9}")
     for r in rows:
-        print(f"{r['variant']:<10} {r['steps']:>5} {r['tokens']:>7} {r['wall_s']:>8.1f} {r['tokens_per_s']:>9.1f} "
-              f"{r['peak_memory_bytes'] / 2**20:>9.0f}")
+        print(
+            f"{r['variant']:<10} {r['steps']:>5} {r['tokens']:>7} {r['wall_s']:>8.1f} {r['tokens_per_s']:>9.1f} "
+            f"{r['peak_memory_bytes'] / 2**20:>9.0f}"
+        )
     kind = "torch.cuda.max_memory_allocated" if rows and rows[0]["device"].startswith("cuda") else "peak RSS"
     print(f"device {rows[0]['device'] if rows else '?'}; memory = {kind}")
     if "qlora" in by and "lora" in by:
         q, l_ = by["qlora"], by["lora"]
-        print(f"QLoRA / LoRA: memory {q['peak_memory_bytes'] / l_['peak_memory_bytes']:.2f}x, "
-              f"speed {q['tokens_per_s'] / l_['tokens_per_s']:.2f}x")
+        print(
+            f"QLoRA / LoRA: memory {q['peak_memory_bytes'] / l_['peak_memory_bytes']:.2f}x, "
+            f"speed {q['tokens_per_s'] / l_['tokens_per_s']:.2f}x"
+        )
     if "qlora" in by and "baseline" in by:
         ratio = by["qlora"]["tokens_per_s"] / by["baseline"]["tokens_per_s"]
         print(f"lora101 loop / plain transformers+PEFT script: {ratio:.2f}x tokens/s (bar: >= 0.95)")
