@@ -86,26 +86,61 @@ def _gbps(nbytes: int, seconds: float) -> float:
     return nbytes / seconds / 1e9
 
 
-def run(args: argparse.Namespace) -> int:
-    import bitsandbytes.functional as BF
-
-    device = torch.device(args.device)
-    dtypes = [d.strip() for d in args.dtypes.split(",")]
+def _parse_dtypes(text: str) -> list[str]:
+    dtypes = [d.strip() for d in text.split(",")]
     unknown = [d for d in dtypes if d not in DTYPES]
     if unknown:
         raise SystemExit(f"--dtypes: unknown dtype(s) {unknown}; choose from {list(DTYPES)}")
-    torch.manual_seed(0)
-    w32 = torch.randn(args.size, args.size, device=device) * 0.02
-    (t_copy,) = median_times([lambda: w32.clone()], args.repeats, device)
+    return dtypes
+
+
+def _copy_bandwidth(w32: torch.Tensor, repeats: int, device: torch.device) -> float:
+    """GB/s of a ``clone()``: it reads and writes every byte once, the yardstick for memory-bound work."""
+    (t_copy,) = median_times([lambda: w32.clone()], repeats, device)
     copy_gbps = _gbps(2 * w32.numel() * w32.element_size(), t_copy)
-    print(
-        f"{args.size}x{args.size} on {device}, NF4 blocksize 64, median of {args.repeats}, "
-        f"threads={torch.get_num_threads()}"
-    )
     print(
         f"copy bandwidth: clone() of the float32 matrix, {2 * w32.numel() * 4 / 1e6:.0f} MB read + written "
         f"in {t_copy * 1e3:.1f} ms = {copy_gbps:.1f} GB/s"
     )
+    return copy_gbps
+
+
+def _time_pair(
+    w: torch.Tensor, dq: bool, repeats: int, device: torch.device
+) -> tuple[nf4.QuantState, list, list]:
+    """(our state, [our, their] quantise seconds, [our, their] de-quantise seconds), bit-identity checked first."""
+    import bitsandbytes.functional as BF
+
+    ours_state = nf4.quantize_nf4(w, 64, dq)
+    packed, state = BF.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=dq)
+    if not (
+        torch.equal(ours_state.packed, packed.reshape(-1)) and torch.equal(ours_state.absmax, state.absmax)
+    ):
+        raise SystemExit("lora101.nf4 and bitsandbytes disagree on this matrix: not timing")
+    if not torch.equal(nf4.dequantize_nf4(ours_state), BF.dequantize_4bit(packed, state)):
+        raise SystemExit("dequantised tensors disagree: not timing")
+    t_q = median_times(
+        [
+            lambda: nf4.quantize_nf4(w, 64, dq),
+            lambda: BF.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=dq),
+        ],
+        repeats,
+        device,
+    )
+    t_d = median_times(
+        [lambda: nf4.dequantize_nf4(ours_state), lambda: BF.dequantize_4bit(packed, state)], repeats, device
+    )
+    return ours_state, t_q, t_d
+
+
+def _timing_table(args: argparse.Namespace, dtypes: list[str], device: torch.device) -> None:
+    torch.manual_seed(0)
+    w32 = torch.randn(args.size, args.size, device=device) * 0.02
+    print(
+        f"{args.size}x{args.size} on {device}, NF4 blocksize 64, median of {args.repeats}, "
+        f"threads={torch.get_num_threads()}"
+    )
+    copy_gbps = _copy_bandwidth(w32, args.repeats, device)
     header = (
         f"{'operation':<36} | {'lora101':>10} | {'bitsandbytes':>12} | {'ratio':>6} | "
         f"{'MB moved':>8} | {'lora101 GB/s (of copy)':>22} | {'bnb GB/s (of copy)':>18}"
@@ -115,37 +150,10 @@ def run(args: argparse.Namespace) -> int:
     worst = 0.0
     for dtype_name in dtypes:
         w = w32.to(DTYPES[dtype_name])
-        weight_bytes = w.numel() * w.element_size()
         for dq in (False, True):
-            ours_state = nf4.quantize_nf4(w, 64, dq)
-            packed, state = BF.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=dq)
-            if not (
-                torch.equal(ours_state.packed, packed.reshape(-1))
-                and torch.equal(ours_state.absmax, state.absmax)
-            ):
-                raise SystemExit("lora101.nf4 and bitsandbytes disagree on this matrix: not timing")
-            if not torch.equal(nf4.dequantize_nf4(ours_state), BF.dequantize_4bit(packed, state)):
-                raise SystemExit("dequantised tensors disagree: not timing")
-            t_q = median_times(
-                [
-                    lambda w=w, dq=dq: nf4.quantize_nf4(w, 64, dq),
-                    lambda w=w, dq=dq: BF.quantize_4bit(
-                        w, blocksize=64, quant_type="nf4", compress_statistics=dq
-                    ),
-                ],
-                args.repeats,
-                device,
-            )
-            t_d = median_times(
-                [
-                    lambda s=ours_state: nf4.dequantize_nf4(s),
-                    lambda p=packed, s=state: BF.dequantize_4bit(p, s),
-                ],
-                args.repeats,
-                device,
-            )
+            ours_state, t_q, t_d = _time_pair(w, dq, args.repeats, device)
             # Both directions move the same bytes: the weights one way, the 4-bit state the other.
-            moved = weight_bytes + state_bytes(ours_state)
+            moved = w.numel() * w.element_size() + state_bytes(ours_state)
             label = f"{dtype_name}, {'double quant' if dq else 'plain'}"
             for name, (ours, theirs) in ((f"quantise ({label})", t_q), (f"dequantise ({label})", t_d)):
                 worst = max(worst, ours / theirs)
@@ -155,9 +163,9 @@ def run(args: argparse.Namespace) -> int:
                     f"       | {_gbps(moved, theirs):>6.2f} ({_gbps(moved, theirs) / copy_gbps:>6.1%})"
                 )
     print(f"worst ratio {worst:.2f}x (target <= 1.0x); bit-identical results checked before timing")
-    if args.no_errors:
-        return 0
 
+
+def _print_error_table(args: argparse.Namespace) -> None:
     print("\nreconstruction error, blocksize 64 (RMSE / max |error|, same units as the weights)")
     torch.manual_seed(1)
     layers = [int(v) for v in args.layers.split(",")]
@@ -172,4 +180,11 @@ def run(args: argparse.Namespace) -> int:
     print("-" * len(header))
     for what, code_type, rmse, worst_err in error_table(groups):
         print(f"{what:<40} | {code_type:<5} | {rmse:>10.3e} | {worst_err:>10.3e}")
+
+
+def run(args: argparse.Namespace) -> int:
+    dtypes = _parse_dtypes(args.dtypes)
+    _timing_table(args, dtypes, torch.device(args.device))
+    if not args.no_errors:
+        _print_error_table(args)
     return 0
