@@ -203,6 +203,10 @@ class _LossRecorder:
             def __init__(self) -> None:
                 self.steps: list[int] = []
                 self.losses: list[float] = []
+                self.first_step = 0  # where this call started: after a checkpoint's step when resuming
+
+            def on_train_begin(self, args, state, control, **kwargs):
+                self.first_step = state.global_step
 
             def on_log(self, args, state, control, logs=None, **kwargs):
                 if logs and "loss" in logs:
@@ -451,11 +455,12 @@ def train(
     wall = time.perf_counter() - start
     drop_autocast_wrapper(model)
     model.eval()
-    seen = trainer.state.num_input_tokens_seen or 0
-    if not seen:  # count real tokens: steps x the global batch_size examples, the whole job's
-        lengths = [len(x) for x in train_dataset["input_ids"]]
-        done = out.global_step * config.batch_size
-        seen = sum(lengths[i % len(lengths)] for i in range(done))
+    # Real (non-padding) tokens of the steps trained in this call (a resumed run's earlier steps took their
+    # own time): steps x the global batch_size examples, the whole job's, counted as passes over the
+    # examples (exact for whole epochs; a partial epoch's shuffled picks are approximated by the first ones).
+    lengths = [len(x) for x in train_dataset["input_ids"]]
+    first = recorder.first_step * config.batch_size
+    seen = sum(lengths[i % len(lengths)] for i in range(first, out.global_step * config.batch_size))
     return TrainResult(
         steps=recorder.steps,
         losses=recorder.losses,

@@ -249,13 +249,14 @@ def _measurements(args, config: FinetuneConfig, result, start: float) -> dict[st
     """The report's training figures, the machine's peak memory, the configuration and the versions."""
     import torch
 
-    from lora101.finetune import peak_memory_bytes
+    from lora101.memory import peak_memory_bytes
     from lora101.models import choose_device
 
     device = choose_device(args.device)
     return {
         "steps": result.global_step,
         "loss": {"steps": result.steps, "values": result.losses},
+        "tokens": result.tokens,  # trained in this call: a resumed run counts only its own steps
         "tokens_per_s": result.tokens_per_s,
         "train_wall_s": result.wall_s,
         "wall_s": time.perf_counter() - start,

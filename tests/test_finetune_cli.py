@@ -141,6 +141,7 @@ def test_good_data_trains_reports_and_resumes(tmp_path, base_model_dir):
     resumed = json.loads((out / "report.json").read_text())
     assert resumed["steps"] == 4 and min(resumed["loss"]["steps"]) > 2  # it continued, not restarted
     assert resumed["before"] == report["before"]
+    assert 0 < resumed["tokens"] < report["tokens"]  # tokens/s counts the resumed steps only, over their time
     assert all((out / f).is_file() for f in ADAPTER_FILES)
 
 
