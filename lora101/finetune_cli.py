@@ -120,7 +120,7 @@ def run(args) -> int:
     """Run the job; returns 0 on success, 2 on bad input (message on stderr)."""
     try:
         return _run(args)
-    except (DataError, FileExistsError, BatchSplitError) as err:
+    except (DataError, FileExistsError, BatchSplitError, OptionError) as err:
         print(f"lora101 finetune: error: {err}", file=sys.stderr)
         return 2
     finally:
@@ -184,8 +184,24 @@ def _run(args) -> int:
     return 0
 
 
+class OptionError(ValueError):
+    """A training option FinetuneConfig refuses, named as the command line spells it."""
+
+
 def _config(args) -> FinetuneConfig:
-    """The training options as a config, its schedule (warm-up, logging, checkpoints) following ``--steps``."""
+    """The training options as a config, its schedule (warm-up, logging, checkpoints) following ``--steps``.
+
+    FinetuneConfig names a bad value by its field (``batch_size must be ...``); the learner typed an option,
+    so the error says ``--batch-size``.
+    """
+    try:
+        return _config_from(args)
+    except ValueError as err:
+        field, _, rest = str(err).partition(" ")
+        raise OptionError(f"--{field.replace('_', '-')} {rest}") from None
+
+
+def _config_from(args) -> FinetuneConfig:
     return FinetuneConfig.for_steps(
         args.steps,
         model=args.model,

@@ -191,3 +191,18 @@ def test_the_training_defaults_are_the_configs_and_its_schedule_follows_the_step
     short, long = FinetuneConfig.for_steps(4, save_steps=40), FinetuneConfig.for_steps(100, rank=8)
     assert (short.warmup_steps, short.logging_steps, short.save_steps) == (1, 1, 4)  # a checkpoint at the end
     assert (long.warmup_steps, long.logging_steps, long.save_steps, long.rank) == (10, 5, 40, 8)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "named"),
+    [
+        ("--steps", "0", "--steps must be a positive integer"),
+        ("--lr", "-1", "--lr must be between 0 and 1"),
+        ("--batch-size", "0", "--batch-size must be a positive integer"),
+    ],
+)
+def test_a_bad_training_option_is_refused_naming_the_option(tmp_path, capsys, option, value, named):
+    assert main(["finetune", option, value, "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lora101 finetune: error: ") and named in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()  # refused before anything was written
