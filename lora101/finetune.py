@@ -32,8 +32,6 @@ from typing import Any
 import torch
 
 from lora101.lora import count_parameters as count_parameters  # ft.count_parameters, as lesson 5 calls it
-from lora101.memory import peak_memory_bytes as peak_memory_bytes
-from lora101.memory import peak_rss_bytes as peak_rss_bytes
 from lora101.models import DEFAULT_MODEL, choose_device, has_native_bf16, load_model
 from lora101.targets import ALL_LINEAR, parse_targets
 
