@@ -60,6 +60,7 @@ def _worker(spec: dict) -> dict:
     import torch
 
     import lora101  # noqa: F401  (silences bitsandbytes' CPU notice before it is imported)
+    from lora101.memory import peak_memory_bytes
     from lora101.models import DEFAULT_MODEL, choose_device, load_tokenizer
 
     kind, steps, bs = spec["kind"], spec["steps"], spec["batch_size"]
@@ -70,79 +71,9 @@ def _worker(spec: dict) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     if kind in ("qlora", "lora"):
-        from lora101 import finetune as ft
-
-        config = ft.FinetuneConfig(
-            model=model_name,
-            precision="nf4" if kind == "qlora" else "bf16",
-            rank=spec["rank"],
-            alpha=spec["alpha"],
-            steps=steps,
-            batch_size=bs,
-            save_steps=10**6,
-        )
-        model = ft.add_lora(ft.load_base(model_name, precision=config.precision), config.rank, config.alpha)
-        result = ft.train(model, tok, ds, config, spec["tmp"], progress=False)
-        wall, tokens = result.wall_s, result.tokens
-    else:  # what a plain transformers + PEFT script does, written out
-        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-        from transformers import (
-            AutoModelForCausalLM,
-            BitsAndBytesConfig,
-            DataCollatorForSeq2Seq,
-            Trainer,
-            TrainingArguments,
-        )
-
-        from lora101.finetune import FinetuneConfig, autocast_dtype, checkpointing_arguments
-        from lora101.models import compute_dtype_for, resolve_model
-
-        cuda = device.type == "cuda"
-        quant = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=compute_dtype_for(device),
-        )
-        model = AutoModelForCausalLM.from_pretrained(
-            resolve_model(model_name).path, quantization_config=quant, device_map={"": str(device)}
-        )
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cuda)
-        model = get_peft_model(
-            model,
-            LoraConfig(
-                r=spec["rank"],
-                lora_alpha=spec["alpha"],
-                lora_dropout=0.0,
-                target_modules="all-linear",
-                task_type="CAUSAL_LM",
-            ),
-        )
-        args = TrainingArguments(
-            output_dir=spec["tmp"],
-            per_device_train_batch_size=bs,
-            max_steps=steps,
-            learning_rate=FinetuneConfig().lr,
-            lr_scheduler_type="cosine",
-            warmup_steps=1,
-            report_to=[],
-            save_strategy="no",
-            optim="paged_adamw_8bit" if cuda else "adamw_torch",
-            **checkpointing_arguments(cuda),
-            bf16=autocast_dtype(FinetuneConfig()) is not None,
-            use_cpu=not cuda,
-            disable_tqdm=True,
-            seed=0,
-        )
-        trainer = Trainer(
-            model=model,
-            args=args,
-            train_dataset=ds,
-            data_collator=DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100),
-        )
-        wall, tokens = _measure(trainer, ds, steps, bs)
-    from lora101.memory import peak_memory_bytes
-
+        wall, tokens = _lora101_loop(spec, model_name, tok, ds)
+    else:
+        wall, tokens = _plain_script(spec, model_name, tok, ds, device)
     return {
         "variant": kind,
         "steps": steps,
@@ -153,6 +84,80 @@ def _worker(spec: dict) -> dict:
         "device": str(device),
         "threads": torch.get_num_threads(),
     }
+
+
+def _lora101_loop(spec: dict, model_name: str, tok, ds) -> tuple[float, int]:
+    """lora101's own loop (``lora101.finetune``): seconds and tokens trained."""
+    from lora101 import finetune as ft
+
+    config = ft.FinetuneConfig(
+        model=model_name,
+        precision="nf4" if spec["kind"] == "qlora" else "bf16",
+        rank=spec["rank"],
+        alpha=spec["alpha"],
+        steps=spec["steps"],
+        batch_size=spec["batch_size"],
+        save_steps=10**6,
+    )
+    model = ft.add_lora(ft.load_base(model_name, precision=config.precision), config.rank, config.alpha)
+    result = ft.train(model, tok, ds, config, spec["tmp"], progress=False)
+    return result.wall_s, result.tokens
+
+
+def _plain_script(spec: dict, model_name: str, tok, ds, device) -> tuple[float, int]:
+    """What a plain transformers + PEFT script does, written out: seconds and tokens trained."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import (
+        AutoModelForCausalLM,
+        BitsAndBytesConfig,
+        DataCollatorForSeq2Seq,
+        Trainer,
+        TrainingArguments,
+    )
+
+    from lora101.finetune import FinetuneConfig, autocast_dtype, checkpointing_arguments
+    from lora101.models import compute_dtype_for, resolve_model
+
+    cuda = device.type == "cuda"
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype_for(device),
+    )
+    model = AutoModelForCausalLM.from_pretrained(
+        resolve_model(model_name).path, quantization_config=quant, device_map={"": str(device)}
+    )
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cuda)
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=spec["rank"],
+            lora_alpha=spec["alpha"],
+            lora_dropout=0.0,
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
+        ),
+    )
+    args = TrainingArguments(
+        output_dir=spec["tmp"],
+        per_device_train_batch_size=spec["batch_size"],
+        max_steps=spec["steps"],
+        learning_rate=FinetuneConfig().lr,
+        lr_scheduler_type="cosine",
+        warmup_steps=1,
+        report_to=[],
+        save_strategy="no",
+        optim="paged_adamw_8bit" if cuda else "adamw_torch",
+        **checkpointing_arguments(cuda),
+        bf16=autocast_dtype(FinetuneConfig()) is not None,
+        use_cpu=not cuda,
+        disable_tqdm=True,
+        seed=0,
+    )
+    collator = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100)
+    trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=collator)
+    return _measure(trainer, ds, spec["steps"], spec["batch_size"])
 
 
 def run(args: argparse.Namespace) -> int:
