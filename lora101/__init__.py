@@ -14,4 +14,6 @@ _logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)
 # transformers 5 renamed gradient checkpointing to activation checkpointing and warns, with its own file
 # path, whenever peft or Trainer uses the old name. Learners cannot act on it, and a stored warning
 # that carries a path makes a notebook's output differ from one machine to the next.
-_warnings.filterwarnings("ignore", message=r"`(is_)?gradient_checkpointing` is deprecated", category=FutureWarning)
+_warnings.filterwarnings(
+    "ignore", message=r"`(is_)?gradient_checkpointing` is deprecated", category=FutureWarning
+)
