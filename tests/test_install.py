@@ -139,6 +139,8 @@ def test_lesson_1_runs_from_the_installed_wheel(installed, tmp_path):
     bin_dir, env = installed
     lesson = tmp_path / "01_memory_budget.ipynb"
     shutil.copy2(REPO / "lessons" / "01_memory_budget.ipynb", lesson)
+    # As a learner has the course: the lesson's stored results (memory at scale) beside it, in results/
+    shutil.copytree(REPO / "lessons" / "results", tmp_path / "results")
     out = tmp_path / "executed.ipynb"
     _run(
         [str(bin_dir / "jupyter"), "nbconvert", "--to", "notebook", "--execute", "--ExecutePreprocessor.timeout=600",
