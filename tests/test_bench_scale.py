@@ -104,3 +104,20 @@ def test_stored_run_is_over_a_billion_parameters_with_every_method(monkeypatch):
     assert doc["command"].startswith("lora101 bench scale") and doc["settings"]["seed"] == scale.SEED
     with pytest.raises(FileNotFoundError, match="nothing.json"):
         scale.load_stored("nothing.json")
+
+
+def test_a_failed_download_on_colab_names_the_address_and_what_to_do(tmp_path, monkeypatch):
+    import sys
+    import urllib.error
+    import urllib.request
+
+    def refuse(url, filename):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.chdir(tmp_path)  # no results/ here
+    monkeypatch.setitem(sys.modules, "google.colab", object())
+    monkeypatch.setattr(urllib.request, "urlretrieve", refuse)
+    with pytest.raises(
+        FileNotFoundError, match=r"could not download https://.*memory_at_scale\.json.*results/"
+    ):
+        scale.load_stored("memory_at_scale.json")

@@ -442,7 +442,14 @@ def load_stored(name: str = "memory_at_scale.json") -> dict:
         if path.is_file():
             return json.loads(path.read_text())
     if "google.colab" in sys.modules:
-        urllib.request.urlretrieve(raw_url(f"lessons/results/{name}"), name)
+        url = raw_url(f"lessons/results/{name}")
+        try:
+            urllib.request.urlretrieve(url, name)
+        except OSError as err:  # HTTPError and URLError are OSErrors: say what was fetched, and from where
+            raise FileNotFoundError(
+                f"could not download {url} ({err}); check the runtime's internet connection, or upload "
+                f"lessons/results/{name} from the course into a results/ folder beside this notebook"
+            ) from err
         return json.loads(Path(name).read_text())
     raise FileNotFoundError(
         f"results/{name} not found: run the lesson from lessons/, or write the file with "
