@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import pytest
+from tiny_llama import tiny_llama  # tests/ is on sys.path
 
 from lora101.cli import main
 from lora101.distributed import BatchSplitError, per_process_batch
@@ -41,26 +42,9 @@ AFTER_UPDATE_RTOL = 0.02
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory, base_model_dir):
     """A two-layer Llama with SmolLM2's tokenizer, saved as a local folder `--model` accepts."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from lora101.models import load_tokenizer
-
-    tokenizer = load_tokenizer()
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-    )
+    model, tokenizer = tiny_llama()
     folder = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(folder)
+    model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 

@@ -15,6 +15,7 @@ import os
 
 import pytest
 import torch
+from tiny_llama import tiny_llama  # tests/ is on sys.path
 
 from lora101 import finetune as ft
 from lora101 import models
@@ -75,16 +76,8 @@ def test_training_arguments_use_the_checkpointing_name_this_transformers_knows()
 
 
 def _tiny_llama():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from lora101.models import load_tokenizer
-
-    tokenizer = load_tokenizer()
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)  # fmt: skip
-    return LlamaForCausalLM(config).to(DEVICE).eval(), tokenizer
+    model, tokenizer = tiny_llama()
+    return model.to(DEVICE), tokenizer
 
 
 def _train_under_bf16_autocast(tmp_path):
