@@ -195,43 +195,59 @@ def display_figure(fig, dpi: int = 80) -> None:
 
 
 # ---- lesson 6: tradeoffs, measured (runs are entries of a lora101.sweep results file) -------------
+# Runs of one setting at several seeds are drawn as one mark at their mean, with a bar over their range
+# (lowest to highest) and a dot for each seed; a setting with one seed is a plain mark.
 
 
-def _exact(run) -> float:
-    return run["result"]["eval"]["exact_match"]
+def _spreads(runs, metric: str):
+    """(setting names, their Spreads of ``metric``) for ``runs`` grouped by setting (lora101.sweep_stats)."""
+    from lora101.sweep_stats import by_setting, spread
+
+    settings = by_setting(runs)
+    return list(settings), [spread(group, metric) for group in settings.values()]
+
+
+def _range_bars(spreads) -> list[list[float]]:
+    """Matplotlib's ``xerr``/``yerr``: the distance from each mean down to the lowest and up to the highest."""
+    return [[s.mean - s.low for s in spreads], [s.high - s.mean for s in spreads]]
+
+
+def _seed_dots(ax, positions, spreads, horizontal: bool = False, **style) -> None:
+    """A small dot for each seed's value, where a setting has more than one."""
+    for position, s in zip(positions, spreads, strict=True):
+        if len(s.values) > 1:
+            xy = (s.values, [position] * len(s.values))
+            ax.plot(*(xy if horizontal else xy[::-1]), ".", color="black", alpha=0.5, ms=4, **style)
 
 
 def plot_rank_sweep(runs, title: str = "", ax=None):
     """Held-out exact match and token accuracy (left axis) and trainable parameters (right, log) against rank.
 
-    ``runs``: results-file runs of one rank sweep (``lora101.sweep.runs_in(doc, "rank")``).
+    ``runs``: results-file runs of one rank sweep (``lora101.sweep.runs_in(doc, "rank")``), one or more seeds.
     """
     import matplotlib.pyplot as plt
 
+    from lora101.sweep_stats import by_setting
+
     runs = sorted(runs, key=lambda r: r["rank"])
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7, 3.6), dpi=80)
-    ranks = [r["rank"] for r in runs]
-    ax.plot(ranks, [_exact(r) for r in runs], "o-", color="C0", label="exact match")
-    ax.plot(
-        ranks,
-        [r["result"]["eval"]["token_accuracy"] for r in runs],
-        "s--",
-        color="C2",
-        label="token accuracy",
-    )
+    ranks = [group[0]["rank"] for group in by_setting(runs).values()]
+    for metric, style, color, label in (
+        ("exact_match", "o-", "C0", "exact match"),
+        ("token_accuracy", "s--", "C2", "token accuracy"),
+    ):
+        spreads = _spreads(runs, metric)[1]
+        means = [s.mean for s in spreads]
+        ax.errorbar(ranks, means, yerr=_range_bars(spreads), fmt=style, color=color, capsize=3, label=label)
+        _seed_dots(ax, ranks, spreads)
     ax.set_xscale("log", base=2)
     ax.set_xticks(ranks, [str(r) for r in ranks])
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("rank r (alpha = 2r, all linear layers)")
-    ax.set_ylabel("held-out score")
+    ax.set_ylabel("held-out score (mean, range over seeds)")
     right = ax.twinx()
-    right.plot(
-        ranks,
-        [r["result"]["parameters"]["trainable"] for r in runs],
-        "^:",
-        color="C3",
-        label="trainable parameters",
-    )
+    trainable = [group[0]["result"]["parameters"]["trainable"] for group in by_setting(runs).values()]
+    right.plot(ranks, trainable, "^:", color="C3", label="trainable parameters")
     right.set_yscale("log")
     right.set_ylabel("trainable parameters", color="C3")
     handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
@@ -242,21 +258,27 @@ def plot_rank_sweep(runs, title: str = "", ax=None):
 
 
 def plot_sweep_bars(runs, title: str = "", ax=None):
-    """Horizontal bars per run: held-out exact match and token accuracy side by side (labels: run names)."""
+    """Horizontal bars per setting: held-out exact match and token accuracy side by side (labels: run names);
+    with several seeds, each bar is the mean, with the range over the seeds and a dot per seed."""
     import matplotlib.pyplot as plt
     import numpy as np
 
-    runs = list(runs)
-    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7, 0.45 * len(runs) + 1.2), dpi=80)
-    y = np.arange(len(runs))
-    exact = [_exact(r) for r in runs]
-    tokens = [r["result"]["eval"]["token_accuracy"] for r in runs]
-    ax.barh(y - 0.2, exact, 0.4, color="C0", label="exact match")
-    ax.barh(y + 0.2, tokens, 0.4, color="C2", label="token accuracy")
-    for i, (e, t) in enumerate(zip(exact, tokens, strict=True)):
-        ax.text(e + 0.01, i - 0.2, f"{e:.0%}", va="center", fontsize=8)
-        ax.text(t + 0.01, i + 0.2, f"{t:.0%}", va="center", fontsize=8)
-    ax.set_yticks(y, [r["name"] for r in runs])
+    names, exact = _spreads(runs, "exact_match")
+    tokens = _spreads(runs, "token_accuracy")[1]
+    fig, ax = (
+        (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7, 0.45 * len(names) + 1.2), dpi=80)
+    )
+    y = np.arange(len(names))
+    for offset, spreads, color, label in (
+        (-0.2, exact, "C0", "exact match"),
+        (0.2, tokens, "C2", "token accuracy"),
+    ):
+        means = [s.mean for s in spreads]
+        ax.barh(y + offset, means, 0.4, color=color, label=label, xerr=_range_bars(spreads), capsize=2)
+        _seed_dots(ax, y + offset, spreads, horizontal=True)
+        for i, s in enumerate(spreads):
+            ax.text(s.high + 0.01, i + offset, f"{s.mean:.0%}", va="center", fontsize=8)
+    ax.set_yticks(y, names)
     ax.invert_yaxis()
     ax.set_xlim(0, 1.12)
     ax.set_xlabel("held-out score")
@@ -267,13 +289,24 @@ def plot_sweep_bars(runs, title: str = "", ax=None):
 
 
 def plot_training_losses(runs, title: str = "", ax=None):
-    """The training loss of each run against the optimizer step (log scale: a diverging run stands out)."""
+    """The training loss of each setting against the optimizer step (log scale: a diverging run stands out);
+    with several seeds, the mean curve and a band from the lowest to the highest seed at each step."""
     import matplotlib.pyplot as plt
+    import numpy as np
+
+    from lora101.sweep_stats import by_setting
 
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7, 3.4), dpi=80)
-    for r in runs:
-        losses = (r["result"].get("train") or {}).get("losses") or []
-        ax.plot(range(1, len(losses) + 1), losses, label=r["name"])
+    for i, (name, group) in enumerate(by_setting(runs).items()):
+        curves = [(r["result"].get("train") or {}).get("losses") or [] for r in group]
+        steps = min(len(c) for c in curves)
+        if not steps:
+            continue
+        losses = np.array([c[:steps] for c in curves])
+        x = range(1, steps + 1)
+        ax.plot(x, losses.mean(axis=0), color=f"C{i}", label=name)
+        if len(curves) > 1:
+            ax.fill_between(x, losses.min(axis=0), losses.max(axis=0), color=f"C{i}", alpha=0.2)
     ax.set_yscale("log")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss")
@@ -285,26 +318,32 @@ def plot_training_losses(runs, title: str = "", ax=None):
 
 
 def plot_method_comparison(runs, title: str = ""):
-    """One bar per run (full FT, LoRA, QLoRA...) in four panels: peak memory (MiB), training tokens/s, held-out
-    test loss and exact match."""
+    """One bar per setting (full FT, LoRA, QLoRA...) in four panels: peak memory (MiB), training tokens/s,
+    held-out test loss and exact match; with several seeds, the mean with the range and a dot per seed."""
     import matplotlib.pyplot as plt
 
     runs = [r for r in runs if r["result"].get("train")]
-    names = [r["name"] for r in runs]
+    names = _spreads(runs, "test_loss")[0]
     panels = [
-        ("peak memory (MiB)", [r["result"]["peak_memory_bytes"] / 2**20 for r in runs], "{:.0f}", None),
-        ("training tokens/s", [r["result"]["train"]["tokens_per_s"] for r in runs], "{:.0f}", None),
-        ("held-out test loss", [r["result"]["eval"]["test_loss"] for r in runs], "{:.3f}", None),
-        ("held-out exact match", [_exact(r) for r in runs], "{:.0%}", 1.0),
+        ("peak memory (MiB)", "peak_memory_bytes", 2**-20, "{:.0f}", None),
+        ("training tokens/s", "tokens_per_s", 1, "{:.0f}", None),
+        ("held-out test loss", "test_loss", 1, "{:.3f}", None),
+        ("held-out exact match", "exact_match", 1, "{:.0%}", 1.0),
     ]
-    fig, axes = plt.subplots(1, len(panels), figsize=(12, 0.45 * len(runs) + 1.4), dpi=80, sharey=True)
-    for ax, (label, values, fmt, top) in zip(axes, panels, strict=True):
-        ax.barh(range(len(runs)), values, color=[f"C{i}" for i in range(len(runs))])
-        for i, v in enumerate(values):
-            ax.text(v, i, " " + fmt.format(v), va="center", fontsize=8)
-        ax.set_xlim(0, (top or max(values + [1e-9])) * 1.35)
+    fig, axes = plt.subplots(1, len(panels), figsize=(12, 0.45 * len(names) + 1.4), dpi=80, sharey=True)
+    for ax, (label, metric, unit, fmt, top) in zip(axes, panels, strict=True):
+        spreads = _spreads(runs, metric)[1]
+        spreads = [type(s)(tuple(v * unit for v in s.values)) for s in spreads]
+        y = range(len(names))
+        ax.barh(
+            y, [s.mean for s in spreads], color=[f"C{i}" for i in y], xerr=_range_bars(spreads), capsize=2
+        )
+        _seed_dots(ax, y, spreads, horizontal=True)
+        for i, s in enumerate(spreads):
+            ax.text(s.high, i, " " + fmt.format(s.mean), va="center", fontsize=8)
+        ax.set_xlim(0, (top or max([s.high for s in spreads] + [1e-9])) * 1.35)
         ax.set_title(label, fontsize=10)
-    axes[0].set_yticks(range(len(runs)), names)
+    axes[0].set_yticks(range(len(names)), names)
     axes[0].invert_yaxis()
     fig.suptitle(title)
     fig.tight_layout()

@@ -40,12 +40,14 @@ from lora101.doctor import installed_versions
 from lora101.models import DEFAULT_MODEL
 from lora101.targets import ALL_LINEAR, parse_targets
 
-FORMAT = "lora101-sweep/1"
+FORMAT = "lora101-sweep/2"  # /2: every setting once per seed (top-level "seeds"); /1: one seed
+FORMATS = ("lora101-sweep/1", FORMAT)  # both are read
 GROUPS: tuple[str, ...] = ("method", "lr", "rank", "targets", "alpha", "wrong_tool")
 METHODS: tuple[str, ...] = ("none", "lora", "qlora", "full")
 RANKS: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
 ALPHAS: tuple[int, ...] = (2, 8, 32, 128, 512)
 QV = "q_proj,v_proj"
+HELD_OUT_SEED = 0  # every run of every sweep is scored on the same held-out examples, whatever its seed
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,8 @@ class Settings:
     rank: int = 16  # the reference adapter: rank 16, alpha 32 (alpha = 2r), all linear layers
     warmup_steps: int = 3
     noise: float = 0.5  # the "poor data" run: this fraction of training answers belong to another sentence
-    seed: int = 0
+    seeds: tuple[int, ...] = (0,)  # each run once per seed: it draws the training examples, their order and
+    # the adapters' initial matrices (the held-out examples are the same for every seed: HELD_OUT_SEED)
     threads: int = 0  # torch threads in each run; 0 keeps torch's default
     model: str = DEFAULT_MODEL
 
@@ -69,7 +72,15 @@ class Settings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("warmup_steps", "seed", "threads"):
+        object.__setattr__(self, "seeds", tuple(self.seeds))  # a list from JSON or the command line
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct integers >= 0, at least one, got {list(self.seeds)}")
+        for seed in self.seeds:
+            if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+                raise ValueError(
+                    f"seeds must be distinct integers >= 0, at least one, got {list(self.seeds)}"
+                )
+        for name in ("warmup_steps", "threads"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
@@ -219,8 +230,9 @@ def _once_each(wanted: list[Run]) -> list[Run]:
 # One run (inside the worker process)
 
 
-def _datasets(tokenizer, settings: Settings, data: str):
-    """(train, test) ``datasets.Dataset``s; "noisy" swaps ``noise`` of the training answers between sentences."""
+def _datasets(tokenizer, settings: Settings, data: str, seed: int):
+    """(train, test) ``datasets.Dataset``s: training examples drawn with ``seed``, the held-out ones with
+    :data:`HELD_OUT_SEED`; "noisy" swaps ``noise`` of the training answers between sentences."""
     import random
 
     from datasets import Dataset
@@ -229,10 +241,10 @@ def _datasets(tokenizer, settings: Settings, data: str):
     from lora101.tasks.contracts import build_dataset, build_messages
 
     n_train = settings.steps * settings.batch_size
-    dd = build_dataset(tokenizer, n_train=n_train, n_test=settings.eval_examples, seed=settings.seed)
-    train, test = dd["train"], dd["test"]
+    train = build_dataset(tokenizer, n_train=n_train, n_test=1, seed=seed)["train"]
+    test = build_dataset(tokenizer, n_train=1, n_test=settings.eval_examples, seed=HELD_OUT_SEED)["test"]
     if data == "noisy":
-        rng = random.Random(f"lora101-sweep/noise/{settings.seed}")
+        rng = random.Random(f"lora101-sweep/noise/{seed}")
         answers = list(train["answer"])
         chosen = rng.sample(range(n_train), round(settings.noise * n_train))
         shuffled = [answers[i] for i in chosen]
@@ -254,7 +266,7 @@ def _precision(run: Run) -> str:
     return "nf4" if run.method == "qlora" else "bf16"
 
 
-def _model(run: Run, settings: Settings):
+def _model(run: Run, settings: Settings, seed: int):
     """The model to train for ``run`` and its parameter counts."""
     import torch
 
@@ -266,7 +278,7 @@ def _model(run: Run, settings: Settings):
 
         from lora101.models import choose_device, has_native_bf16, resolve_model
 
-        torch.manual_seed(settings.seed)
+        torch.manual_seed(seed)
         config = AutoConfig.from_pretrained(resolve_model(settings.model).path)
         device = choose_device()
         dtype = torch.bfloat16 if has_native_bf16(device) else torch.float32  # as ft.load_base's "bf16"
@@ -276,7 +288,7 @@ def _model(run: Run, settings: Settings):
     else:
         base = ft.load_base(settings.model, precision=_precision(run))
     if run.method in ("lora", "qlora"):
-        torch.manual_seed(settings.seed)  # the adapters' A matrices are drawn here
+        torch.manual_seed(seed)  # the adapters' A matrices are drawn here
         model = ft.add_lora(base, run.rank, run.alpha, list(target_modules(run.targets)))
     else:
         model = base
@@ -328,10 +340,11 @@ def teacher_forced_scores(model, tokenizer, dataset, batch_size: int = 8) -> dic
 def run_one(
     run: Run,
     settings: Settings,
+    seed: int = 0,
     on_step: Callable[[int], None] | None = None,
     workdir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """Train and score one run in this process; returns every number it measured.
+    """Train and score one run at one ``seed`` in this process; returns every number it measured.
 
     ``on_step(step)`` is called after each optimizer step. Peak memory is the process's: call this in a
     fresh process (as :func:`run_sweep` does) for it to be the run's own.
@@ -348,9 +361,9 @@ def run_one(
         torch.cuda.reset_peak_memory_stats()
     load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     tokenizer = load_tokenizer(settings.model)
-    train_ds, test_ds = _datasets(tokenizer, settings, run.data)
+    train_ds, test_ds = _datasets(tokenizer, settings, run.data, seed)
     rss_before_model = peak_rss_bytes()
-    model, counts = _model(run, settings)
+    model, counts = _model(run, settings, seed)
     rss_after_model = peak_rss_bytes()
     result: dict[str, Any] = {
         "parameters": counts,
@@ -358,7 +371,7 @@ def run_one(
         "rss_after_model_bytes": rss_after_model,
     }
     if run.method != "none":
-        result["train"] = _train(run, settings, model, tokenizer, train_ds, on_step, workdir)
+        result["train"] = _train(run, settings, seed, model, tokenizer, train_ds, on_step, workdir)
     start = time.perf_counter()
     result["eval"] = teacher_forced_scores(model, tokenizer, test_ds)
     result["eval"]["wall_s"] = time.perf_counter() - start
@@ -373,7 +386,7 @@ def run_one(
     return result
 
 
-def _train(run: Run, settings: Settings, model, tokenizer, train_ds, on_step, workdir) -> dict[str, Any]:
+def _train(run: Run, settings: Settings, seed: int, model, tokenizer, train_ds, on_step, workdir) -> dict:
     """Train ``model`` for ``run`` in a throw-away output folder; its steps, time, tokens and losses."""
     from lora101 import finetune as ft
 
@@ -386,7 +399,7 @@ def _train(run: Run, settings: Settings, model, tokenizer, train_ds, on_step, wo
         batch_size=settings.batch_size,
         lr=run.lr,
         warmup_steps=settings.warmup_steps,
-        seed=settings.seed,
+        seed=seed,
         save_steps=10**9,
         logging_steps=1,
     )
@@ -427,7 +440,7 @@ def _worker(spec: str) -> int:
     def on_step(step: int) -> None:
         print("STEP " + json.dumps(step), flush=True)
 
-    result = run_one(run, settings, on_step, payload.get("workdir"))
+    result = run_one(run, settings, payload["seed"], on_step, payload.get("workdir"))
     print("RESULT " + json.dumps(result), flush=True)
     return 0
 
@@ -465,6 +478,19 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
+def check_partial(path: str | os.PathLike, resume: bool = False, force: bool = False) -> None:
+    """Refuse to start a sweep over the runs a stopped one left in ``path + '.partial'`` (unless ``force``),
+    and to resume from a partial file that is not there."""
+    partial = Path(str(path) + ".partial")
+    if resume and not partial.is_file():
+        raise FileNotFoundError(f"resume: {partial} does not exist; start the sweep without --resume")
+    if partial.exists() and not (resume or force):
+        raise FileExistsError(
+            f"output: {partial} holds the runs of a stopped sweep; pass --resume to carry on from them "
+            "or --force to start again"
+        )
+
+
 def check_output_path(path: str | os.PathLike, force: bool = False) -> Path:
     """``path`` as a Path, after checking that a results file may be written there.
 
@@ -485,9 +511,11 @@ def check_output_path(path: str | os.PathLike, force: bool = False) -> Path:
     return path
 
 
-def _run_in_process(run: Run, settings: Settings, on_step: Callable[[int], None]) -> dict[str, Any]:
-    """Run ``run`` in a fresh Python process, forwarding its step events; returns its result."""
-    payload = json.dumps({"run": asdict(run), "settings": asdict(settings)})
+def _run_in_process(
+    run: Run, settings: Settings, seed: int, on_step: Callable[[int], None]
+) -> dict[str, Any]:
+    """Run ``run`` at ``seed`` in a fresh Python process, forwarding its step events; returns its result."""
+    payload = json.dumps({"run": asdict(run), "settings": asdict(settings), "seed": seed})
     cmd = [sys.executable, "-m", "lora101.sweep", payload]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
     with tempfile.TemporaryFile(mode="w+") as errors:
@@ -502,8 +530,51 @@ def _run_in_process(run: Run, settings: Settings, on_step: Callable[[int], None]
         if proc.returncode != 0 or result is None:
             errors.seek(0)
             tail = errors.read()[-4000:]
-            raise RuntimeError(f"run {run.name!r} failed (exit status {proc.returncode}):\n{tail}")
+            raise RuntimeError(
+                f"run {run.name!r} (seed {seed}) failed (exit status {proc.returncode}):\n{tail}"
+            )
     return result
+
+
+def _new_document(settings: Settings, command: str | None) -> dict[str, Any]:
+    fixed = asdict(settings)
+    seeds = list(fixed.pop("seeds"))
+    return {
+        "format": FORMAT,
+        "command": command,
+        "started": _now(),
+        "finished": None,
+        "complete": False,
+        "machine": machine_info(),
+        "versions": installed_versions(),
+        "settings": fixed,
+        "seeds": seeds,
+        "scoring": "teacher-forced on the held-out test split (the same examples for every run and seed): "
+        "exact_match = greedy decoding reproduces the reference answer exactly (see lora101.sweep)",
+        "runs": [],
+    }
+
+
+def _resumed_document(partial: Path, settings: Settings, command: str | None) -> dict[str, Any]:
+    """The runs a stopped sweep left in ``partial``, checked to be this sweep's (same settings, seeds and
+    library versions); the resumption is recorded with the machine it happens on."""
+    fresh = _new_document(settings, command)
+    try:
+        doc = json.loads(partial.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"resume: {partial} does not exist; start the sweep without --resume"
+        ) from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"resume: {partial} is not JSON ({err})") from None
+    for key in ("format", "settings", "seeds", "versions"):
+        if doc.get(key) != fresh[key]:
+            raise ValueError(
+                f"resume: {partial} was written with other {key} ({doc.get(key)!r}, now {fresh[key]!r}); "
+                "give the same options, or start again with --force"
+            )
+    doc.setdefault("resumed", []).append({"at": fresh["started"], "machine": fresh["machine"]})
+    return doc
 
 
 def run_sweep(
@@ -512,36 +583,52 @@ def run_sweep(
     output: str | os.PathLike | None = None,
     *,
     force: bool = False,
+    resume: bool = False,
     command: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Run ``runs`` one after another (each in its own process) and return the results document.
+    """Run each of ``runs`` once per seed of ``settings`` (each in its own process, all runs of the first
+    seed first) and return the results document.
 
     With ``output``, the document is written there as JSON (refusing to replace an existing file unless
     ``force``); while the sweep runs, the runs done so far are kept in ``output + '.partial'``, so an
-    interrupted sweep leaves its measurements behind. ``command`` records how the sweep was started.
+    interrupted sweep leaves its measurements behind, and ``resume=True`` carries on from them, running
+    only the (run, seed) pairs not yet done. ``command`` records how the sweep was started.
     """
+    path = check_output_path(output, force) if output is not None else None
+    partial = Path(str(path) + ".partial") if path is not None else None
+    if resume and partial is None:
+        raise ValueError("resume needs an output file (its .partial file holds the runs done so far)")
+    if partial is not None:
+        check_partial(path, resume, force)
+    doc = _resumed_document(partial, settings, command) if resume else _new_document(settings, command)
+    done = {(r["name"], r["seed"]) for r in doc["runs"]}
+    unplanned = sorted({name for name, _ in done} - {run.name for run in runs})
+    if unplanned:
+        raise ValueError(
+            f"resume: {partial} holds runs this sweep does not plan ({unplanned}); give the same --groups"
+        )
+    todo = [(seed, run) for seed in settings.seeds for run in runs if (run.name, seed) not in done]
+    _run_all(todo, settings, doc, partial, progress)
+    doc["finished"], doc["complete"] = _now(), True
+    if path is not None:
+        check_output_path(path, force)  # nothing appeared there while the sweep ran
+        _write_json(path, doc)
+        partial.unlink(missing_ok=True)
+    return doc
+
+
+def _run_all(
+    todo: list[tuple[int, Run]], settings: Settings, doc: dict, partial: Path | None, progress: bool
+):
+    """Run each (seed, run) of ``todo`` in its own process, appending its record to ``doc["runs"]``."""
     from tqdm.auto import tqdm
 
-    path = check_output_path(output, force) if output is not None else None
-    doc: dict[str, Any] = {
-        "format": FORMAT,
-        "command": command,
-        "started": _now(),
-        "finished": None,
-        "complete": False,
-        "machine": machine_info(),
-        "versions": installed_versions(),
-        "settings": asdict(settings),
-        "scoring": "teacher-forced on the held-out test split: exact_match = greedy decoding reproduces the "
-        "reference answer exactly (see lora101.sweep)",
-        "runs": [],
-    }
-    total = sum(settings.steps if r.method != "none" else 0 for r in runs) + len(runs)
+    total = sum(settings.steps if r.method != "none" else 0 for _, r in todo) + len(todo)
     bar = tqdm(total=total, desc="sweep", unit="step", disable=not progress)
     try:
-        for run in runs:
-            bar.set_description(run.name)
+        for seed, run in todo:
+            bar.set_description(f"{run.name} (seed {seed})")
             done = 0
 
             def on_step(step: int) -> None:
@@ -550,20 +637,14 @@ def run_sweep(
                 done = step
 
             start = time.perf_counter()
-            result = _run_in_process(run, settings, on_step)
+            result = _run_in_process(run, settings, seed, on_step)
             result["process_wall_s"] = time.perf_counter() - start
             bar.update(1)  # the evaluation
-            doc["runs"].append({**asdict(run), "groups": list(run.groups), "result": result})
-            if path is not None:
-                _write_json(Path(str(path) + ".partial"), doc)
+            doc["runs"].append({**asdict(run), "seed": seed, "groups": list(run.groups), "result": result})
+            if partial is not None:
+                _write_json(partial, doc)
     finally:
         bar.close()
-    doc["finished"], doc["complete"] = _now(), True
-    if path is not None:
-        check_output_path(path, force)  # nothing appeared there while the sweep ran
-        _write_json(path, doc)
-        Path(str(path) + ".partial").unlink(missing_ok=True)
-    return doc
 
 
 def _now() -> str:
@@ -591,11 +672,15 @@ def load_results(path: str | os.PathLike) -> dict[str, Any]:
         ) from None
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not JSON ({err})") from None
-    if doc.get("format") != FORMAT:
-        raise ValueError(f"{path}: format {doc.get('format')!r} is not {FORMAT!r}")
+    if doc.get("format") not in FORMATS:
+        raise ValueError(f"{path}: format {doc.get('format')!r} is not one of {FORMATS}")
     missing = [k for k in ("machine", "versions", "settings", "runs") if k not in doc]
     if missing:
         raise ValueError(f"{path}: missing {missing}")
+    if doc["format"] == "lora101-sweep/1":  # one seed, kept in the settings: give it the /2 layout
+        doc["seeds"] = [doc["settings"]["seed"]]
+        for run in doc["runs"]:
+            run.setdefault("seed", doc["settings"]["seed"])
     known = {f.name for f in fields(Run)}
     for i, run in enumerate(doc["runs"]):
         if not known <= set(run) or "eval" not in run.get("result", {}):
@@ -612,7 +697,16 @@ def runs_in(doc: dict[str, Any], group: str) -> list[dict[str, Any]]:
 
 def table(runs: Iterable[dict[str, Any]], timing: bool = False) -> str:
     """A plain-text table of runs: trainable parameters, final training loss, test loss, token accuracy,
-    exact match; with ``timing``, also tokens/s and peak memory (which vary from machine to machine)."""
+    exact match; with ``timing``, also tokens/s and peak memory (which vary from machine to machine).
+
+    Runs of one setting at several seeds make one row: each score's mean over the seeds and, in brackets,
+    its range (lowest-highest), with the number of seeds; see :mod:`lora101.sweep_stats`."""
+    from lora101.sweep_stats import by_setting
+
+    runs = list(runs)
+    settings = by_setting(runs)
+    if len(settings) < len(runs):
+        return _spread_table(settings, timing)
     head = f"{'run':<34} {'trainable':>11} {'train loss':>10} {'test loss':>9} {'token acc':>9} {'exact':>9}"
     if timing:
         head += f" {'tokens/s':>8} {'peak MiB':>8}"
@@ -629,6 +723,33 @@ def table(runs: Iterable[dict[str, Any]], timing: bool = False) -> str:
         if timing:
             tps = f"{train['tokens_per_s']:.0f}" if train else "-"
             line += f" {tps:>8} {res['peak_memory_bytes'] / 2**20:>8.0f}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _spread_table(settings: dict[str, list[dict[str, Any]]], timing: bool) -> str:
+    """:func:`table` for repeated runs: one row a setting, mean [lowest-highest] over its seeds (train loss,
+    token accuracy and tokens/s: the mean; peak memory: the highest)."""
+    from lora101.sweep_stats import spread
+
+    head = (
+        f"{'run':<34} {'seeds':>5} {'trainable':>11} {'train loss':>10} {'test loss [range]':>21} "
+        f"{'token acc':>9} {'exact match [range]':>19}"
+    )
+    if timing:
+        head += f" {'tokens/s':>8} {'peak MiB':>8}"
+    lines = [head]
+    for name, runs in settings.items():
+        trained = bool(runs[0]["result"].get("train"))
+        loss = f"{spread(runs, 'train_loss').mean:.3f}" if trained else "-"
+        line = (
+            f"{name:<34} {len(runs):>5} {runs[0]['result']['parameters']['trainable']:>11,} {loss:>10} "
+            f"{spread(runs, 'test_loss').format():>21} {spread(runs, 'token_accuracy').mean:>9.1%} "
+            f"{spread(runs, 'exact_match').format('{:.0%}'):>19}"
+        )
+        if timing:
+            tps = f"{spread(runs, 'tokens_per_s').mean:.0f}" if trained else "-"
+            line += f" {tps:>8} {spread(runs, 'peak_memory_bytes').high / 2**20:>8.0f}"
         lines.append(line)
     return "\n".join(lines)
 

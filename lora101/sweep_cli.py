@@ -2,9 +2,12 @@
 
 Each run trains SmolLM2-135M-Instruct on the contract -> JSON task (lora101.data) for --steps optimizer
 steps of --batch-size fresh examples, in its own process, and scores --eval-examples held-out examples
-(test loss, token accuracy, exact match; see lora101.sweep). The results file records the machine,
-the library versions, the settings, this command line and every measured number; an existing file is
-never replaced unless --force is given. While the sweep runs, finished runs are kept in OUTPUT.partial.
+(test loss, token accuracy, exact match; see lora101.sweep), once per seed of --seeds: the seed draws
+the training examples, their order and the adapter's first matrices; the held-out examples are the same
+for every run. Tables then show each score's mean and its range over the seeds (lora101.sweep_stats).
+The results file records the machine, the library versions, the settings, this command line and every
+measured number; an existing file is never replaced unless --force is given. While the sweep runs,
+finished runs are kept in OUTPUT.partial; --resume carries on from them after an interruption.
 
 Groups (--groups, default all): method (base untrained, full FT, LoRA, QLoRA), lr (both methods at both
 learning rates), rank (--ranks, alpha = 2r), targets (q,v vs all linear layers at an equal parameter
@@ -12,7 +15,8 @@ budget), alpha (--alphas at the reference rank), wrong_tool (a random-init base,
 
 Examples (``lora101 bench sweep``, its old name, is the same command):
   lora101 sweep --output sweep.json                                 # everything (hours on a laptop CPU)
-  lora101 sweep --output quick.json --groups rank --ranks 1,16 --steps 10 --eval-examples 16
+  lora101 sweep --output sweep.json --resume                        # carry on after an interruption
+  lora101 sweep --output quick.json --groups rank --ranks 1,16 --steps 10 --eval-examples 16 --seeds 0
 """
 
 from __future__ import annotations
@@ -34,14 +38,23 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from lora101.sweep import ALPHAS, GROUPS, RANKS, Settings
-
-    d = Settings()
+def _output_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--output", required=True, help="results file to write (.json); never replaced without --force"
     )
     parser.add_argument("--force", action="store_true", help="replace an existing results file")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="carry on from OUTPUT.partial, the runs a stopped sweep finished (same options needed)",
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from lora101.sweep import ALPHAS, GROUPS, RANKS, Settings
+
+    d = Settings()
+    _output_arguments(parser)
     parser.add_argument(
         "--groups", default=",".join(GROUPS), help="comma-separated subset of " + ", ".join(GROUPS)
     )
@@ -80,29 +93,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=d.noise,
         help="fraction of wrong answers in the poor-data run (default %(default)s)",
     )
-    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument(
+        "--seeds",
+        default="0,1,2",
+        help="comma-separated seeds; every run is repeated once per seed (default %(default)s: three, so "
+        "each setting has a spread; lora101.sweep.Settings itself defaults to one)",
+    )
     parser.add_argument(
         "--threads", type=int, default=d.threads, help="torch threads per run; 0: torch's default"
     )
     parser.add_argument("--model", default=d.model, help="base model (default %(default)s)")
 
 
-def _ints(text: str, option: str) -> list[int]:
+def _ints(text: str, option: str, smallest: int = 1) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise ValueError(f"{option}: {text!r} is not a comma-separated list of integers") from None
-    if not values or any(v < 1 for v in values):
-        raise ValueError(f"{option}: give positive integers, got {text!r}")
+    if not values or any(v < smallest for v in values):
+        kind = "positive integers" if smallest == 1 else f"integers >= {smallest}"
+        raise ValueError(f"{option}: give {kind}, got {text!r}")
     return values
 
 
 def parse(args: argparse.Namespace):
     """(runs, settings, output path) from the parsed arguments; ValueError/FileExistsError name the option."""
-    from lora101.sweep import Settings, check_output_path, plan
+    from lora101.sweep import Settings, check_output_path, check_partial, plan
 
     groups = [g.strip() for g in args.groups.split(",") if g.strip()]
     ranks, alphas = _ints(args.ranks, "--ranks"), _ints(args.alphas, "--alphas")
+    seeds = _ints(args.seeds, "--seeds", smallest=0)
     if any(r > 256 for r in ranks):
         raise ValueError(f"--ranks: at most 256 (SmolLM2's k/v projections are 192 wide), got {args.ranks!r}")
     options = {
@@ -114,12 +134,12 @@ def parse(args: argparse.Namespace):
         "full_lr": "--full-lr",
         "warmup_steps": "--warmup-steps",
         "noise": "--noise",
-        "seed": "--seed",
+        "seeds": "--seeds",
         "threads": "--threads",
         "model": "--model",
     }
     try:
-        settings = Settings(**{name: getattr(args, name) for name in options})
+        settings = Settings(**{name: getattr(args, name) for name in options if name != "seeds"}, seeds=seeds)
     except ValueError as err:  # name the command-line option, not the field
         name = str(err).split(" ", 1)[0]
         raise ValueError(f"{options.get(name, name)}{str(err)[len(name) :]}") from None
@@ -128,6 +148,7 @@ def parse(args: argparse.Namespace):
     except ValueError as err:
         raise ValueError(f"--{err}") from None
     path = check_output_path(args.output, args.force)
+    check_partial(path, args.resume, args.force)
     return runs, settings, path
 
 
@@ -135,7 +156,7 @@ def command_line(args: argparse.Namespace) -> str:
     """The full command, every option spelled out, that reproduces this sweep (recorded in the file)."""
     parts = ["lora101", "sweep"]
     for key, value in vars(args).items():
-        if key in ("command", "benchmark", "func") or value is False or value is None:
+        if key in ("command", "benchmark", "func", "resume") or value is False or value is None:
             continue
         parts.append("--" + key.replace("_", "-"))
         if value is not True:
@@ -151,16 +172,24 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, FileExistsError, FileNotFoundError) as err:
         message = str(err)
         print(
-            f"lora101 sweep: error: {'--' + message if message.startswith('output:') else message}",
+            f"lora101 sweep: error: {'--' + message if message.startswith(('output:', 'resume:')) else message}",
             file=sys.stderr,
         )
         return 2
     command = command_line(args)
     print(
-        f"{len(runs)} runs x {settings.steps} steps of {settings.batch_size} examples; results -> {path}",
+        f"{len(runs)} runs x {len(settings.seeds)} seeds x {settings.steps} steps of {settings.batch_size} "
+        f"examples; results -> {path}",
         flush=True,
     )
-    doc = run_sweep(runs, settings, path, force=args.force, command=command)
+    try:
+        doc = run_sweep(runs, settings, path, force=args.force, resume=args.resume, command=command)
+    except (
+        ValueError,
+        FileNotFoundError,
+    ) as err:  # a partial file from other options (a failed run: RuntimeError)
+        print(f"lora101 sweep: error: --{err}", file=sys.stderr)
+        return 2
     print(table(doc["runs"], timing=True))
     print(f"written {path}")
     return 0

@@ -3,6 +3,7 @@ teacher-forced scoring, and one tiny real sweep that writes a well-formed result
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -44,6 +45,9 @@ def test_targets_compared_at_equal_parameter_budget():
     (dict(noise=0), "noise must be a fraction"),
     (dict(threads=-1), "threads must be an integer >= 0"),
     (dict(eval_examples=5000), "eval_examples must be at most 2000"),
+    (dict(seeds=()), "seeds must be distinct integers"),
+    (dict(seeds=(1, 1)), "seeds must be distinct integers"),
+    (dict(seeds=(0, -2)), "seeds must be distinct integers"),
 ])
 def test_settings_refuse_bad_values(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -68,6 +72,10 @@ def test_runs_refuse_bad_values():
     (["--ranks", "0,4"], "--ranks: give positive integers"),
     (["--ranks", "512"], "--ranks: at most 256"),
     (["--alphas", ""], "--alphas: give positive integers"),
+    (["--seeds", "0,x"], "--seeds: '0,x' is not a comma-separated list"),
+    (["--seeds", "-1"], "--seeds: give integers >= 0"),
+    (["--seeds", "1,1"], "--seeds must be distinct integers"),
+    (["--resume"], "--resume: "),
 ])
 def test_cli_names_the_bad_option(tmp_path, capsys, args, message):
     out = tmp_path / "r.json"
@@ -114,7 +122,27 @@ def test_cli_never_overwrites_without_force(tmp_path, capsys):
 
     argv = ["sweep", "--output", str(out), "--force", "--groups", "rank", "--ranks", "2"]
     runs, settings, path = parse(build_parser(argv).parse_args(argv))
-    assert path == out and [r.rank for r in runs] == [2] and settings == Settings()
+    assert path == out and [r.rank for r in runs] == [2] and settings == Settings(seeds=(0, 1, 2))
+
+
+def test_a_stopped_sweeps_runs_are_never_overwritten(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    partial = tmp_path / "r.json.partial"
+    partial.write_text('{"runs": ["mine"]}')
+    assert main(["sweep", "--output", str(out), "--groups", "rank", "--ranks", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "holds the runs of a stopped sweep" in err and "--resume" in err and "--force" in err
+    assert partial.read_text() == '{"runs": ["mine"]}' and not out.exists()
+    assert main(["sweep", "--output", str(out), "--resume", "--steps", "1"]) == 2  # not this sweep's file
+    assert "--resume: " in capsys.readouterr().err and partial.read_text() == '{"runs": ["mine"]}'
+
+
+def test_load_results_reads_one_seed_files_in_the_seeds_layout(tmp_path):
+    v1 = {"format": "lora101-sweep/1", "machine": {}, "versions": {}, "settings": {"seed": 4},
+          "runs": [{**dataclasses.asdict(Run("a")), "result": {"eval": {}}}]}
+    (tmp_path / "v1.json").write_text(json.dumps(v1))
+    doc = sweep.load_results(tmp_path / "v1.json")
+    assert doc["seeds"] == [4] and doc["runs"][0]["seed"] == 4
 
 
 def test_load_results_rejects_other_files(tmp_path):
@@ -155,10 +183,10 @@ def test_teacher_forced_exact_match_is_greedy_decoding(base_model_dir):
 def test_tiny_real_sweep_writes_a_well_formed_results_file(base_model_dir, tmp_path, capsys):
     out = tmp_path / "tiny.json"
     argv = ["sweep", "--output", str(out), "--groups", "rank", "--ranks", "2", "--steps", "2",
-            "--batch-size", "2", "--eval-examples", "3", "--threads", "1"]
+            "--batch-size", "2", "--eval-examples", "3", "--threads", "1", "--seeds", "0"]
     assert main(argv) == 0
     doc = sweep.load_results(out)
-    assert doc["complete"] is True and doc["format"] == sweep.FORMAT
+    assert doc["complete"] is True and doc["format"] == sweep.FORMAT and doc["seeds"] == [0]
     assert doc["command"].startswith("lora101 sweep --output ") and "--steps 2" in doc["command"]
     assert doc["machine"]["cpu_cores"] >= 1 and doc["machine"]["cpu"]
     assert doc["versions"]["torch"] and doc["versions"]["peft"]
@@ -184,3 +212,25 @@ def test_tiny_real_sweep_writes_a_well_formed_results_file(base_model_dir, tmp_p
     before = out.read_text()
     assert main(argv) == 2  # a second run refuses to replace the results
     assert out.read_text() == before
+    _resume_a_stopped_two_seed_sweep(doc, argv, out, capsys)
+
+
+def _resume_a_stopped_two_seed_sweep(one_seed, argv, out, capsys):
+    """A sweep over seeds 0 and 1 stopped after seed 0 (its .partial file holds that run, as run_sweep
+    writes it): --resume runs seed 1 only, and the table then reports the setting's mean and range."""
+    argv = [*argv[:-1], "0,1", "--resume"]
+    partial = out.with_name(out.name + ".partial")
+    stopped = {**one_seed, "complete": False, "finished": None, "seeds": [0, 1]}
+    partial.write_text(json.dumps(stopped))
+    out.unlink()
+    assert main(argv) == 0
+    doc = sweep.load_results(out)
+    assert doc["seeds"] == [0, 1] and [r["seed"] for r in doc["runs"]] == [0, 1]
+    assert doc["runs"][0] == one_seed["runs"][0]  # kept, not run again
+    assert len(doc["resumed"]) == 1 and doc["command"] == one_seed["command"]
+    assert "--resume" not in doc["command"] and not partial.exists()
+    first, second = (r["result"] for r in doc["runs"])
+    assert first["eval"]["n"] == second["eval"]["n"] == 3  # the same held-out examples for both seeds
+    assert first["train"]["losses"] != second["train"]["losses"]  # other training examples, other init
+    printed = capsys.readouterr().out
+    assert "1 runs x 2 seeds" in printed and "LoRA r=2" in printed and "    2 " in printed  # one row, 2 seeds
