@@ -81,8 +81,18 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(argv).parse_args(argv)
-    return int(args.func(args) or 0)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ValueError as err:
+        # A command refuses a bad option with ValueError("--option: why"): one line, as argparse's own
+        # errors, and exit status 2 (any other ValueError is a bug and keeps its traceback).
+        if not str(err).startswith("--"):
+            raise
+        command = " ".join(a for a in (args.command, getattr(args, "benchmark", None)) if a)
+        print(f"{parser.prog} {command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -193,6 +193,17 @@ def test_an_unknown_command_is_an_argparse_error():
     assert result.returncode == 2 and "invalid choice" in result.stderr
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["bench", "finetune", "--variants", "peft"], "lora101 bench finetune: error: --variants: unknown"),
+    (["bench", "scale", "--sizes", "2b"], "lora101 bench scale: error: --sizes: ['2b'] not among"),
+    (["bench", "scale", "--steps", "0"], "lora101 bench scale: error: --steps: must be a positive integer"),
+])
+def test_a_bad_benchmark_option_is_one_error_line(argv, message, capsys):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1 and "Traceback" not in err, err
+
+
 @pytest.mark.parametrize("module", cli.COMMAND_MODULES)
 def test_every_command_module_registers(module):
     import argparse
