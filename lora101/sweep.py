@@ -587,8 +587,8 @@ def run_sweep(
     command: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Run each of ``runs`` once per seed of ``settings`` (each in its own process, all runs of the first
-    seed first) and return the results document.
+    """Run each of ``runs`` once per seed of ``settings`` (each in its own process; a run's seeds one after
+    another, so that a stopped sweep leaves whole settings behind) and return the results document.
 
     With ``output``, the document is written there as JSON (refusing to replace an existing file unless
     ``force``); while the sweep runs, the runs done so far are kept in ``output + '.partial'``, so an
@@ -608,7 +608,7 @@ def run_sweep(
         raise ValueError(
             f"resume: {partial} holds runs this sweep does not plan ({unplanned}); give the same --groups"
         )
-    todo = [(seed, run) for seed in settings.seeds for run in runs if (run.name, seed) not in done]
+    todo = [(seed, run) for run in runs for seed in settings.seeds if (run.name, seed) not in done]
     _run_all(todo, settings, doc, partial, progress)
     doc["finished"], doc["complete"] = _now(), True
     if path is not None:
