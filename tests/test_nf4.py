@@ -156,6 +156,24 @@ def test_fast_paths_every_output_dtype_and_odd_shape(shape, dtype, double_quant)
     _assert_same_as_bnb((torch.randn(shape) * 0.03).to(dtype), "nf4", 64, double_quant)
 
 
+@pytest.mark.parametrize("blocksize", [32, 64, 4096])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dequantize_in_chunks_and_threads_equals_bitsandbytes(monkeypatch, blocksize, dtype):
+    """De-quantisation in many chunks spread over two threads (the tests otherwise run one thread and a
+    single chunk) equals bitsandbytes, a partial last block and an odd count included."""
+    monkeypatch.setattr(nf4, "_DECODE_CHUNK", 1024)  # 4096 values a chunk: whole blocks for every blocksize
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(blocksize)
+        w = (torch.randn(37, 1001) * 0.03).to(dtype)  # 37,037 values: 10 chunks, odd count
+        for double_quant in (False, True):
+            _assert_same_as_bnb(w, "nf4", blocksize, double_quant)
+            _assert_same_as_bnb(w, "fp4", blocksize, double_quant)
+    finally:
+        torch.set_num_threads(previous)
+
+
 @pytest.mark.parametrize("code_type", nf4.CODE_TYPES)
 def test_count_below_equals_bucketize_on_and_around_midpoints(code_type):
     """Counting the midpoints below a value is torch.bucketize(right=False), ties and neighbours included."""
