@@ -37,6 +37,13 @@ METRICS: dict[str, tuple[Callable[[Run], float], bool]] = {
     "tokens_per_s": (_train("tokens_per_s"), True),
     "peak_memory_bytes": (lambda run: run["result"]["peak_memory_bytes"], False),
 }
+# how a metric's values are written (default: three decimals)
+FORMATS: dict[str, Callable[[float], str]] = {
+    "token_accuracy": "{:.1%}".format,
+    "exact_match": "{:.1%}".format,
+    "tokens_per_s": "{:.0f}".format,
+    "peak_memory_bytes": lambda b: f"{b / 2**20:.0f} MiB",
+}
 
 
 @dataclass(frozen=True)
@@ -57,11 +64,12 @@ class Spread:
     def high(self) -> float:
         return max(self.values)
 
-    def format(self, fmt: str = "{:.3f}") -> str:
-        """``mean`` alone for one seed, ``mean [low-high]`` for several."""
+    def format(self, fmt: str | Callable[[float], str] = "{:.3f}") -> str:
+        """``mean`` alone for one seed, ``mean [low-high]`` for several (``fmt``: a format string or a function)."""
+        write = fmt.format if isinstance(fmt, str) else fmt
         if len(self.values) == 1:
-            return fmt.format(self.mean)
-        return f"{fmt.format(self.mean)} [{fmt.format(self.low)}-{fmt.format(self.high)}]"
+            return write(self.mean)
+        return f"{write(self.mean)} [{write(self.low)}-{write(self.high)}]"
 
 
 def by_setting(runs: Iterable[Run]) -> dict[str, list[Run]]:
@@ -116,7 +124,7 @@ class Comparison:
         return f"{self.better} is better (the ranges over seeds do not overlap)"
 
     def __str__(self) -> str:
-        fmt = "{:.1%}" if self.metric in ("token_accuracy", "exact_match") else "{:.3f}"
+        fmt = FORMATS.get(self.metric, "{:.3f}".format)
         (a, b), (sa, sb) = self.names, self.spreads
         return f"{self.metric}: {a} {sa.format(fmt)} vs {b} {sb.format(fmt)}: {self.verdict}"
 

@@ -38,6 +38,7 @@ def test_a_verdict_only_where_the_ranges_do_not_overlap():
     low = [_run("l", s, 0.1, exact=e) for s, e in enumerate((0.2, 0.3, 0.25))]
     assert compare(low, high, "exact_match").better == "h"  # higher exact match is better
     assert str(compare(low, high, "exact_match")).startswith("exact_match: l 25.0% [20.0%-30.0%] vs h 65.0%")
+    assert "peak_memory_bytes: l 1024 MiB [1024 MiB-1024 MiB] vs" in str(compare(low, high, "peak_memory_bytes"))
 
 
 def test_table_gives_one_row_a_setting_with_its_seeds():
