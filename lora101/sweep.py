@@ -559,14 +559,7 @@ def _resumed_document(partial: Path, settings: Settings, command: str | None) ->
     """The runs a stopped sweep left in ``partial``, checked to be this sweep's (same settings, seeds and
     library versions); the resumption is recorded with the machine it happens on."""
     fresh = _new_document(settings, command)
-    try:
-        doc = json.loads(partial.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"resume: {partial} does not exist; start the sweep without --resume"
-        ) from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"resume: {partial} is not JSON ({err})") from None
+    doc = _read_json(partial, f"resume: {partial}", "does not exist; start the sweep without --resume")
     for key in ("format", "settings", "seeds", "versions"):
         if doc.get(key) != fresh[key]:
             raise ValueError(
@@ -647,6 +640,16 @@ def _run_all(
         bar.close()
 
 
+def _read_json(path: Path, name: str, missing: str) -> dict[str, Any]:
+    """``path``'s JSON; FileNotFoundError (``name``: ``missing``) or ValueError naming ``name``."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{name}: {missing}") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{name}: not JSON ({err})") from None
+
+
 def _now() -> str:
     return datetime.now(UTC).replace(microsecond=0).isoformat()
 
@@ -664,14 +667,7 @@ def _write_json(path: Path, doc: dict) -> None:
 def load_results(path: str | os.PathLike) -> dict[str, Any]:
     """A results file written by :func:`run_sweep`, checked for its format and its fields."""
     path = Path(path)
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"{path}: no such results file; `lora101 sweep --output {path}` writes one"
-        ) from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not JSON ({err})") from None
+    doc = _read_json(path, str(path), f"no such results file; `lora101 sweep --output {path}` writes one")
     if doc.get("format") not in FORMATS:
         raise ValueError(f"{path}: format {doc.get('format')!r} is not one of {FORMATS}")
     missing = [k for k in ("machine", "versions", "settings", "runs") if k not in doc]
