@@ -58,6 +58,32 @@ def raw_url(path: str, slug: str = REPO_SLUG, branch: str = BRANCH) -> str:
     return f"https://raw.githubusercontent.com/{slug}/{branch}/{path}"
 
 
+def stored_results(name: str, written_by: str) -> Path:
+    """The course's stored results file ``lessons/results/NAME``: found in ``results/`` when the lesson runs
+    from ``lessons/`` (Jupyter, nbval) or in ``lessons/results/`` from the repository root; on Colab, where only
+    the notebook is on disk, downloaded from the course's repository into the working folder.
+    ``written_by`` is the command that writes the file, named in the error when it is nowhere."""
+    import sys
+    import urllib.request
+
+    for path in (Path("results") / name, Path("lessons/results") / name):
+        if path.is_file():
+            return path
+    if "google.colab" in sys.modules:
+        url = raw_url(f"lessons/results/{name}")
+        try:
+            urllib.request.urlretrieve(url, name)
+        except OSError as err:  # HTTPError and URLError are OSErrors: say what was fetched, and from where
+            raise FileNotFoundError(
+                f"could not download {url} ({err}); check the runtime's internet connection, or upload "
+                f"lessons/results/{name} from the course into a results/ folder beside this notebook"
+            ) from err
+        return Path(name)
+    raise FileNotFoundError(
+        f"results/{name} not found: run the lesson from lessons/, or write the file with `{written_by}`"
+    )
+
+
 # --- lora101 colab sync: one address everywhere ---------------------------------------------------------
 
 

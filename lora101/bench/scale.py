@@ -433,25 +433,8 @@ def table(rows: list[dict]) -> str:
 def load_stored(name: str = "memory_at_scale.json") -> dict:
     """A stored results file of the course: from lessons/results/ when the lesson runs from lessons/ or the
     repository root; on Colab, where only the notebook is on disk, downloaded from the course's repository."""
-    import urllib.request
-    from pathlib import Path
+    from lora101.colab import stored_results
 
-    from lora101.colab import raw_url
-
-    for path in (Path("results") / name, Path("lessons/results") / name):
-        if path.is_file():
-            return json.loads(path.read_text())
-    if "google.colab" in sys.modules:
-        url = raw_url(f"lessons/results/{name}")
-        try:
-            urllib.request.urlretrieve(url, name)
-        except OSError as err:  # HTTPError and URLError are OSErrors: say what was fetched, and from where
-            raise FileNotFoundError(
-                f"could not download {url} ({err}); check the runtime's internet connection, or upload "
-                f"lessons/results/{name} from the course into a results/ folder beside this notebook"
-            ) from err
-        return json.loads(Path(name).read_text())
-    raise FileNotFoundError(
-        f"results/{name} not found: run the lesson from lessons/, or write the file with "
-        f"`lora101 bench scale --output lessons/results/{name}`"
+    return json.loads(
+        stored_results(name, f"lora101 bench scale --output lessons/results/{name}").read_text()
     )
