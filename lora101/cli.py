@@ -25,7 +25,7 @@ COMMAND_MODULES = [
     "lora101.colab_cli",
 ]
 # Old names kept working: ``lora101 bench NAME`` runs the command module's ``add_arguments`` and ``run``
-# (lesson 6 and its stored results files were written with ``lora101 bench sweep``).
+# (earlier versions of lesson 6 and their results files named ``lora101 bench sweep``).
 BENCH_ALIASES = {"sweep": "lora101.sweep_cli"}
 
 

@@ -86,7 +86,7 @@ def test_cli_names_the_bad_option(tmp_path, capsys, args, message):
 
 
 def test_bench_sweep_is_the_same_command(tmp_path, capsys):
-    """Lesson 6 and its stored results files spell it `lora101 bench sweep`: that keeps working, word for word."""
+    """Earlier versions of lesson 6 and their results files spell it `lora101 bench sweep`: that keeps working, word for word."""
     argv = ["--output", str(tmp_path / "r.json"), "--ranks", "0,4"]
     assert main(["sweep", *argv]) == 2
     direct = capsys.readouterr()
@@ -155,6 +155,28 @@ def test_load_results_rejects_other_files(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("name", ["sweep_methods.json", "sweep_knobs.json"])
+def test_lesson_6s_stored_sweeps_repeat_every_setting_over_three_seeds(name, monkeypatch):
+    """Lesson 6's verdicts rest on these files: every setting at every seed of at least three, 100 or more
+    held-out examples, the same held-out set for all (the untrained base scores alike at every seed)."""
+    from pathlib import Path
+
+    from lora101.colab import stored_results
+    from lora101.sweep_stats import by_setting
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # the repository root, as a learner runs from
+    doc = sweep.load_results(stored_results(name, "lora101 sweep"))
+    assert doc["format"] == sweep.FORMAT and doc["complete"]
+    assert len(doc["seeds"]) >= 3 and doc["settings"]["eval_examples"] >= 100
+    for setting, runs in by_setting(doc["runs"]).items():
+        assert sorted(run["seed"] for run in runs) == sorted(doc["seeds"]), setting
+        assert all(run["result"]["eval"]["n"] == doc["settings"]["eval_examples"] for run in runs), setting
+    base = by_setting(doc["runs"]).get("base (untrained)", [])
+    assert len({run["result"]["eval"]["test_loss"] for run in base}) <= 1
+    with pytest.raises(FileNotFoundError, match="lora101 sweep"):
+        stored_results("nothing.json", "lora101 sweep --output lessons/results/nothing.json")
+
+
 def test_teacher_forced_exact_match_is_greedy_decoding(base_model_dir):
     """exact_match counts an example iff greedy generation reproduces its answer: the model's own greedy
     output scores 1, the same answer with one character changed scores 0."""
