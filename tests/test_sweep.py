@@ -154,7 +154,6 @@ def test_load_results_rejects_other_files(tmp_path):
         sweep.load_results(tmp_path / "none.json")
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", ["sweep_methods.json", "sweep_knobs.json"])
 def test_lesson_6s_stored_sweeps_repeat_every_setting_over_three_seeds(name, monkeypatch):
     """Lesson 6's verdicts rest on these files: every setting at every seed of at least three, 100 or more
@@ -177,6 +176,7 @@ def test_lesson_6s_stored_sweeps_repeat_every_setting_over_three_seeds(name, mon
         stored_results("nothing.json", "lora101 sweep --output lessons/results/nothing.json")
 
 
+@pytest.mark.slow
 def test_teacher_forced_exact_match_is_greedy_decoding(base_model_dir):
     """exact_match counts an example iff greedy generation reproduces its answer: the model's own greedy
     output scores 1, the same answer with one character changed scores 0."""
