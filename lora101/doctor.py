@@ -1,7 +1,7 @@
 """``lora101 doctor``: tell a learner the truth about this machine, and what to do about it.
 
 Every check runs something real (the 4-bit check quantises a layer and runs it); the command
-(``lora101.doctor_cli``) exits non-zero when something a lesson needs is missing or broken.
+(``lora101.cli.doctor``) exits non-zero when something a lesson needs is missing or broken.
 """
 
 from __future__ import annotations

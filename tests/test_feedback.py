@@ -21,8 +21,8 @@ from tiny_course import HIDDEN_CODE, HIDDEN_MESSAGE, make_course, submission
 from traitlets.config.loader import PyFileConfigLoader
 
 from lora101.grading import COURSE_DIR, api_for, grade
-from lora101.grading_feedback import HIDDEN_PLACEHOLDER, feedback_exporter, hide_hidden_tests, preprocessors
-from lora101.grading_merge import db_url
+from lora101.grading.feedback import HIDDEN_PLACEHOLDER, feedback_exporter, hide_hidden_tests, preprocessors
+from lora101.grading.merge import db_url
 
 A = "a1_double"
 

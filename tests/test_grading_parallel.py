@@ -13,8 +13,8 @@ from tiny_course import make_class, make_course
 
 from lora101.cli import main
 from lora101.grading import grade, grade_merge
-from lora101.grading_merge import db_url
-from lora101.grading_parallel import parse_shard, select_shard
+from lora101.grading.merge import db_url
+from lora101.grading.parallel import parse_shard, select_shard
 
 TIMEOUT = 5  # seconds a cell may run: the hostile submission's infinite loop waits this long
 

@@ -93,7 +93,7 @@ def test_bench_sweep_is_the_same_command(tmp_path, capsys):
     assert main(["bench", "sweep", *argv]) == 2
     assert capsys.readouterr() == direct
     from lora101.cli import build_parser
-    from lora101.sweep_cli import command_line
+    from lora101.cli.sweep import command_line
 
     bench_argv = ["bench", "sweep", "--output", "r.json", "--steps", "2"]
     bench = command_line(build_parser(bench_argv).parse_args(bench_argv))
@@ -118,7 +118,7 @@ def test_cli_never_overwrites_without_force(tmp_path, capsys):
     assert "already exists" in err and "pass --force" in err
     assert out.read_text() == '{"mine": true}'
     from lora101.cli import build_parser
-    from lora101.sweep_cli import parse
+    from lora101.cli.sweep import parse
 
     argv = ["sweep", "--output", str(out), "--force", "--groups", "rank", "--ranks", "2"]
     runs, settings, path = parse(build_parser(argv).parse_args(argv))

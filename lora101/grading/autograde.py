@@ -9,14 +9,14 @@ A whole class: ``--jobs N`` grades N submissions at a time, each worker process 
 own, merged into the main gradebook at the end (nbgrader's SQLite gradebook takes one writer at a time);
 ``--shard K/M`` grades one M-th of the students, and ``lora101 grade-merge SHARD_DIR... --out OUT`` merges
 the shards' grading folders (from several machines) with the same code. The scores are those of a serial
-run (``lora101.grading_parallel``, ``lora101.grading_merge``).
+run (``lora101.grading.parallel``, ``lora101.grading.merge``).
 
 Robustness (``grading_config``): each cell has a timeout and is interrupted when it runs out; a cell that
 kills its kernel (``os._exit``) gets an error output and the kernel is restarted with the cells above it
 re-run, so the rest of the notebook is still graded (``robust_execute()``); test cells a learner edited or
 deleted are restored from the source (``OverwriteCells``, with missing cells added back); output is cut to
 ``max_output_lines`` lines a cell. Feedback HTML shows each test's result and message but not the hidden
-tests' code, and "awaiting grading" for answers not yet graded by hand (``lora101.grading_feedback``).
+tests' code, and "awaiting grading" for answers not yet graded by hand (``lora101.grading.feedback``).
 
 Nothing an instructor made is overwritten silently: if a student's assignment was already autograded in
 the grading folder, it is skipped and reported unless ``--regrade`` is given; with ``--regrade``, the old
@@ -29,129 +29,12 @@ from __future__ import annotations
 import csv
 import shutil
 import time
-from functools import cache
 from pathlib import Path
 
-from lora101.grading_feedback import configure_feedback
-
-CELL_TIMEOUT_S = 30
-MAX_OUTPUT_LINES = 200
-COURSE_DIR = Path(__file__).resolve().parent.parent / "exercises"
-
-
-@cache
-def robust_execute():
-    """The ``RobustExecute`` preprocessor class (built on first use: importing nbgrader takes a second, and
-    ``lora101 --help`` should not pay for it)."""
-    from nbclient.exceptions import DeadKernelError
-    from nbformat import NotebookNode
-    from nbgrader.preprocessors import Execute
-
-    class RobustExecute(Execute):
-        """nbgrader's ``Execute``, surviving a kernel that dies in a cell.
-
-        nbgrader gives up on the whole submission when the kernel dies (``DeadKernelError``: no grades at all).
-        Here the cell that killed it gets an error output (so its tests fail for want of its definitions), a
-        fresh kernel is started, the code cells above it are re-run silently (skipping any that killed the
-        kernel too), and execution goes on.
-        """
-
-        def preprocess(self, nb, resources=None, km=None):
-            self._killers: set[int] = set()
-            return super().preprocess(nb, resources, km)
-
-        def preprocess_cell(self, cell, resources, index):
-            try:
-                return super().preprocess_cell(cell, resources, index)
-            except DeadKernelError:
-                self.log.warning(
-                    "cell %d killed the kernel; restarting it and re-running the cells above", index
-                )
-                self._killers.add(index)
-                cell.outputs = [
-                    NotebookNode(
-                        output_type="error",
-                        ename="DeadKernelError",
-                        evalue="the kernel died while running this cell",
-                        traceback=[
-                            "DeadKernelError: the kernel died while running this cell (os._exit, a crash, "
-                            "running out of memory...); grading restarted it and went on."
-                        ],
-                    )
-                ]
-                self._restart()
-                for i, earlier in enumerate(self.nb.cells[:index]):
-                    if earlier.cell_type == "code" and i not in self._killers:
-                        self.execute_cell(earlier.copy(), i, store_history=False)
-                return cell, self.resources
-
-        def _restart(self) -> None:
-            from nbclient.util import run_sync
-
-            run_sync(self.km.restart_kernel)(now=True)
-            if self.kc is not None:
-                self.kc.stop_channels()
-            self.kc = self.km.client()
-            self.kc.start_channels()
-            run_sync(self.kc.wait_for_ready)(timeout=self.startup_timeout)
-            self.kc.allow_stdin = False
-
-    return RobustExecute
-
-
-def grading_config(
-    course_root: Path, cell_timeout: int = CELL_TIMEOUT_S, max_output_lines: int = MAX_OUTPUT_LINES
-):
-    """The nbgrader configuration for this course (what ``exercises/nbgrader_config.py`` uses too).
-
-    ``course_root`` must be absolute; the exchange directory (unused here) goes inside it, so nothing is
-    written outside the course folder.
-    """
-    from nbconvert.preprocessors import ClearMetadataPreprocessor
-    from nbgrader.preprocessors import (
-        AssignLatePenalties,
-        CheckCellMetadata,
-        IgnorePattern,
-        LimitOutput,
-        SaveAutoGrades,
-    )
-    from traitlets.config import Config
-
-    c = Config()
-    c.CourseDirectory.root = str(Path(course_root).resolve())
-    c.CourseDirectory.course_id = "lora101"
-    c.Exchange.root = str(Path(course_root).resolve() / ".exchange")
-    c.Execute.timeout = int(cell_timeout)
-    c.Execute.interrupt_on_timeout = True
-    # Output that arrives late (a busy machine, a flood of prints) must not fail the whole submission.
-    c.Execute.iopub_timeout = 30
-    c.Execute.raise_on_iopub_timeout = False
-    c.RobustExecute.iopub_timeout = 30
-    c.RobustExecute.raise_on_iopub_timeout = False
-    c.RobustExecute.timeout = int(cell_timeout)
-    c.OverwriteCells.add_missing_cells = True
-    c.LimitOutput.max_lines = int(max_output_lines)
-    c.LimitOutput.max_traceback = 60
-    c.Autograde.autograde_preprocessors = [
-        robust_execute(),
-        IgnorePattern,
-        ClearMetadataPreprocessor,
-        LimitOutput,
-        SaveAutoGrades,
-        AssignLatePenalties,
-        CheckCellMetadata,
-    ]
-    configure_feedback(c)  # feedback without the hidden tests' code; "awaiting grading" for hand grades
-    return c
-
-
-def api_for(course_root: Path, **kwargs):
-    """An in-process ``nbgrader.apps.NbGraderAPI`` for ``course_root`` (no server, no exchange)."""
-    from nbgrader.apps import NbGraderAPI
-    from nbgrader.coursedir import CourseDirectory
-
-    config = grading_config(course_root, **kwargs)
-    return NbGraderAPI(CourseDirectory(config=config), config=config)
+from lora101.grading.config import CELL_TIMEOUT_S, COURSE_DIR, api_for
+from lora101.grading.merge import gradebook_lock, merge_folder, set_aside, submissions_in
+from lora101.grading.one import grade_one
+from lora101.grading.parallel import grade_in_parallel, select_shard
 
 
 def assignments(course_root: Path) -> list[str]:
@@ -193,12 +76,9 @@ def grade(
 
     ``out`` becomes an nbgrader course folder (``source/`` copied from ``course``, ``submitted/``,
     ``autograded/``, ``feedback/``, ``gradebook.db``) and gets ``scores.csv``. ``jobs`` > 1 grades that many
-    submissions at a time (``lora101.grading_parallel``); ``shard=(K, M)`` grades only shard K of M of the
+    submissions at a time (``lora101.grading.parallel``); ``shard=(K, M)`` grades only shard K of M of the
     students (``select_shard``), for ``grade_merge`` to combine.
     """
-    from lora101.grading_merge import gradebook_lock
-    from lora101.grading_parallel import grade_in_parallel, select_shard
-
     submissions, out, course = Path(submissions).resolve(), Path(out).resolve(), Path(course).resolve()
     if jobs < 1:
         raise ValueError(f"--jobs {jobs}: give 1 or more")
@@ -228,8 +108,6 @@ def _check_course(course: Path) -> list[str]:
 def _make_room(found: dict, out: Path, regrade: bool, stamp: str, log) -> dict:
     """The submissions to grade: those not graded in ``out`` yet, or all with ``regrade`` (old results set
     aside to ``ASSIGNMENT.backup-STAMP``)."""
-    from lora101.grading_merge import set_aside
-
     todo = {}
     for (student, assignment), notebooks in found.items():
         done = any((out / d / student / assignment).exists() for d in ("autograded", "feedback"))
@@ -254,31 +132,10 @@ def prepare(out: Path, course: Path, names: set[str], cell_timeout: int = CELL_T
     return api
 
 
-def grade_one(api, out: Path, student: str, assignment: str, notebooks: list[Path], log) -> bool:
-    """Copy one submission into ``out/submitted/``, autograde it and write its feedback (nbgrader's API)."""
-    target = out / "submitted" / student / assignment
-    if target.exists():
-        shutil.rmtree(target)
-    target.mkdir(parents=True)
-    for nb in notebooks:
-        shutil.copy2(nb, target / nb.name)
-    log(f"autograding {student}/{assignment} ...")
-    result = api.autograde(assignment, student, force=True, create=True)
-    if not result["success"]:
-        log(f"  autograde failed for {student}/{assignment}:\n{result['error']}")
-        return False
-    result = api.generate_feedback(assignment, student, force=True)
-    if not result["success"]:
-        log(f"  feedback failed for {student}/{assignment}:\n{result['error']}")
-    return True
-
-
 def grade_merge(shards: list[Path], out: Path, course: Path = COURSE_DIR, log=print) -> list[dict]:
     """Merge the grading folders ``shards`` (``lora101 grade --shard K/M --out ...`` on several machines)
     into ``out``: gradebook, submitted/autograded/feedback folders and ``scores.csv``. The shards are only
     read; a result already in ``out`` is set aside first, as ``--regrade`` does."""
-    from lora101.grading_merge import gradebook_lock, merge_folder, submissions_in
-
     out, course = Path(out).resolve(), Path(course).resolve()
     _check_course(course)
     found = {Path(shard).resolve(): sorted(submissions_in(shard)) for shard in shards}

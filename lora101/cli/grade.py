@@ -64,7 +64,7 @@ def register(subparsers) -> None:
 
 
 def _shard(text: str) -> tuple[int, int]:
-    from lora101.grading_parallel import parse_shard
+    from lora101.grading.parallel import parse_shard
 
     try:
         return parse_shard(text)

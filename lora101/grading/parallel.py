@@ -4,7 +4,7 @@ nbgrader's SQLite gradebook must not be written by two processes at once, so eac
 into a grading folder of its own (``OUT/.workers/worker-PID/``: a copy of ``OUT``'s ``source/``,
 ``release/`` and ``gradebook.db``, so a regraded learner's manual grades travel with it) with nbgrader's
 own API, exactly as a serial run does; when all are done, the main process alone merges the workers'
-gradebook rows and folders into ``OUT`` (``lora101.grading_merge``, the code ``lora101 grade-merge`` runs
+gradebook rows and folders into ``OUT`` (``lora101.grading.merge``, the code ``lora101 grade-merge`` runs
 for shards graded on other machines). Workers take submissions from a shared queue one at a time, so a
 slow submission (an infinite loop waiting for its timeout) does not hold up the others.
 """
@@ -17,6 +17,10 @@ import shutil
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+
+from lora101.grading.config import api_for
+from lora101.grading.merge import merge_folder, submissions_in
+from lora101.grading.one import grade_one
 
 WORKERS = ".workers"
 _WORKER: dict = {}  # this worker process's grading folder and nbgrader API
@@ -45,8 +49,6 @@ def select_shard(
 
 
 def _start_worker(out: Path, cell_timeout: int) -> None:
-    from lora101.grading import api_for
-
     folder = out / WORKERS / f"worker-{os.getpid()}"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
@@ -58,8 +60,6 @@ def _start_worker(out: Path, cell_timeout: int) -> None:
 
 
 def _grade_in_worker(item: tuple[tuple[str, str], list[Path]]) -> tuple[str, str, str, list[str]]:
-    from lora101.grading import grade_one
-
     (student, assignment), notebooks = item
     lines: list[str] = []
     grade_one(_WORKER["api"], _WORKER["folder"], student, assignment, notebooks, lines.append)
@@ -70,8 +70,6 @@ def grade_in_parallel(out: Path, todo: dict, jobs: int, cell_timeout: int, stamp
     """Grade ``todo`` ((student, assignment) -> notebooks) with ``jobs`` worker processes, then merge their
     results into ``out`` (whose gradebook already knows the assignments)."""
     from tqdm.auto import tqdm
-
-    from lora101.grading_merge import merge_folder, submissions_in
 
     # spawn, not fork: the parent has nbgrader, zmq and SQLAlchemy loaded, none of them safe to fork.
     context = multiprocessing.get_context("spawn")

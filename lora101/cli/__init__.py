@@ -1,6 +1,6 @@
 """The ``lora101`` command: ``doctor``, ``model prepare|info``, ``sweep``, ``bench NAME`` and the course's jobs.
 
-One convention for commands. A top-level command is a module ``lora101/NAME_cli.py`` with
+One convention for commands. A top-level command is a module ``lora101/cli/NAME.py`` with
 ``register(subparsers)``: it adds its parser and sets ``func`` (called with the parsed arguments,
 returning the exit status); the library it drives stays in its own module. Benchmarks are found by
 themselves: every module in ``lora101/bench/`` with ``add_arguments(parser)`` and ``run(args) -> int``
@@ -17,16 +17,16 @@ from pathlib import Path
 
 # Modules that add a top-level command (each with a ``register(subparsers)`` function).
 COMMAND_MODULES = [
-    "lora101.doctor_cli",
-    "lora101.model_cli",
-    "lora101.finetune_cli",
-    "lora101.sweep_cli",
-    "lora101.grading_cli",
-    "lora101.colab_cli",
+    "lora101.cli.doctor",
+    "lora101.cli.model",
+    "lora101.cli.finetune",
+    "lora101.cli.sweep",
+    "lora101.cli.grade",
+    "lora101.cli.colab",
 ]
 # Old names kept working: ``lora101 bench NAME`` runs the command module's ``add_arguments`` and ``run``
 # (earlier versions of lesson 6 and their results files named ``lora101 bench sweep``).
-BENCH_ALIASES = {"sweep": "lora101.sweep_cli"}
+BENCH_ALIASES = {"sweep": "lora101.cli.sweep"}
 
 
 def _benchmark_names() -> dict[str, str]:
@@ -93,7 +93,3 @@ def main(argv: list[str] | None = None) -> int:
         command = " ".join(a for a in (args.command, getattr(args, "benchmark", None)) if a)
         print(f"{parser.prog} {command}: error: {err}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
