@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "lora101.cli.sweep",
     "lora101.cli.grade",
     "lora101.cli.colab",
+    "lora101.cli.export",
 ]
 # Old names kept working: ``lora101 bench NAME`` runs the command module's ``add_arguments`` and ``run``
 # (earlier versions of lesson 6 and their results files named ``lora101 bench sweep``).
