@@ -8,7 +8,10 @@ Training memory has five parts; each is ``number of elements x bytes per element
 * **gradients** -- one per *trainable* parameter, in that parameter's precision;
 * **optimizer states** -- per trainable parameter: AdamW keeps two fp32 moments (8 B); two 16-bit moments
   (what ``torch.optim.AdamW`` keeps for bf16 parameters) take 4 B, 8-bit Adam 2 B (its per-block constants
-  are ignored); SGD with momentum one fp32 buffer (4 B), plain SGD none;
+  are ignored); SGD with momentum one fp32 buffer (4 B), plain SGD none. ``optimizer_state_dtype`` says
+  which: fp32 states (the default), 16-bit ones, or ``"param"``, the trainable parameters' own dtype, which
+  is what ``torch.optim.AdamW`` and SGD allocate (``zeros_like(param)``): bf16 moments for a bf16 model
+  trained in full, fp32 ones for fp32 LoRA adapters;
 * **master weights** (optional) -- mixed-precision training keeps an fp32 copy of 16-bit trainable weights (4 B);
 * **activations** -- tensors the forward pass saves for the backward pass; see :func:`activation_elements`.
 
@@ -61,6 +64,10 @@ NF4_BITS_NO_DOUBLE_QUANT = bits_per_parameter(64)  # an fp32 absmax per block of
 
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 OPTIMIZER_BYTES = {"adamw": 8, "adamw-16bit": 4, "adamw-8bit": 2, "sgd-momentum": 4, "sgd": 0}
+# Optimizers whose states are tensors like the parameters (how many per parameter): their bytes follow
+# ``optimizer_state_dtype``. The others store their states in a fixed format.
+STATES_PER_PARAM = {"adamw": 2, "sgd-momentum": 1, "sgd": 0}
+STATE_DTYPES = ("fp32", "bf16", "fp16", "param")
 METHODS = ("full", "lora", "qlora")
 
 
@@ -276,6 +283,7 @@ def estimate_memory(
     master_weights: bool = False,
     activations: bool = True,
     double_quant: bool = True,
+    optimizer_state_dtype: str = "fp32",
 ) -> MemoryBudget:
     """Predict the training memory of ``method`` ("full", "lora" or "qlora") for ``model``.
 
@@ -286,9 +294,11 @@ def estimate_memory(
     (``r``, ``target_modules`` a spec of :mod:`lora101.targets`: "all-linear", "attention", "mlp" or names)
     on a frozen base. ``optimizer``: "adamw" (8 B/param), "adamw-16bit" (4), "adamw-8bit" (2), "sgd-momentum" (4), "sgd" (0).
     ``master_weights``: add an fp32 copy of 16-bit trainable weights (mixed precision). ``activations``:
-    include :func:`activation_elements` at ``batch_size`` x ``seq_len``.
+    include :func:`activation_elements` at ``batch_size`` x ``seq_len``. ``optimizer_state_dtype``: the
+    dtype of "adamw"'s and "sgd-momentum"'s states, "fp32" (default), "bf16", "fp16", or "param" for the
+    trainable parameters' dtype (PyTorch's own optimizers: bf16 states when a bf16 model is trained in full).
     """
-    _check_training_arguments(method, precision, optimizer, batch_size, seq_len)
+    _check_training_arguments(method, precision, optimizer, batch_size, seq_len, optimizer_state_dtype)
     shape = _shape(model)
     wbytes = BYTES[precision]
     if method == "full":
@@ -310,7 +320,7 @@ def estimate_memory(
         method=method,
         weights=_weight_bytes(shape, method, wbytes, trainable, double_quant),
         gradients=trainable * tbytes,
-        optimizer=trainable * OPTIMIZER_BYTES[optimizer],
+        optimizer=trainable * _optimizer_bytes(optimizer, optimizer_state_dtype, tbytes),
         master_weights=trainable * 4 if (master_weights and tbytes < 4) else 0,
         activations=act,
         trainable_params=trainable,
@@ -319,7 +329,7 @@ def estimate_memory(
 
 
 def _check_training_arguments(
-    method: str, precision: str, optimizer: str, batch_size: int, seq_len: int
+    method: str, precision: str, optimizer: str, batch_size: int, seq_len: int, state_dtype: str = "fp32"
 ) -> None:
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -327,9 +337,19 @@ def _check_training_arguments(
         raise ValueError(f"precision must be one of {tuple(BYTES)}, got {precision!r}")
     if optimizer not in OPTIMIZER_BYTES:
         raise ValueError(f"optimizer must be one of {tuple(OPTIMIZER_BYTES)}, got {optimizer!r}")
+    if state_dtype not in STATE_DTYPES:
+        raise ValueError(f"optimizer_state_dtype must be one of {STATE_DTYPES}, got {state_dtype!r}")
     for arg, value in (("batch_size", batch_size), ("seq_len", seq_len)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{arg} must be a positive int, got {value!r}")
+
+
+def _optimizer_bytes(optimizer: str, state_dtype: str, param_bytes: int) -> int:
+    """Bytes of optimizer state per trainable parameter."""
+    if optimizer not in STATES_PER_PARAM:
+        return OPTIMIZER_BYTES[optimizer]
+    state_bytes = param_bytes if state_dtype == "param" else BYTES[state_dtype]
+    return STATES_PER_PARAM[optimizer] * state_bytes
 
 
 def _weight_bytes(

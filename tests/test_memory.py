@@ -117,3 +117,86 @@ def test_bad_input(kwargs, match):
         estimate_memory("Llama-9-7B")
     with pytest.raises(TypeError, match="model must be"):
         estimate_memory([1, 2])
+
+
+def test_optimizer_state_dtype_defaults_to_fp32_and_follows_the_parameters_when_asked():
+    settings = dict(
+        batch_size=2, seq_len=2048, gradient_checkpointing=True, r=16, target_modules="all-linear"
+    )
+    for method in ("full", "lora", "qlora"):
+        default = estimate_memory("Llama-3-8B", method, **settings)
+        assert estimate_memory("Llama-3-8B", method, optimizer_state_dtype="fp32", **settings) == default
+    n = PRESETS["Llama-3-8B"].n_params
+    full_bf16 = estimate_memory("Llama-3-8B", "full", optimizer_state_dtype="param", **settings)
+    assert full_bf16.optimizer == 4 * n  # two bf16 moments, what torch.optim.AdamW keeps for bf16 weights
+    assert estimate_memory("Llama-3-8B", "full", **settings).optimizer == 8 * n
+    # LoRA adapters are fp32: "param" is fp32 there, so their states do not change
+    lora = estimate_memory("Llama-3-8B", "lora", **settings)
+    assert estimate_memory("Llama-3-8B", "lora", optimizer_state_dtype="param", **settings) == lora
+    # fixed-format optimizers ignore it; SGD with momentum keeps one state
+    assert (
+        estimate_memory("Llama-3-8B", "full", optimizer="adamw-8bit", optimizer_state_dtype="bf16").optimizer
+        == 2 * n
+    )
+    assert (
+        estimate_memory(
+            "Llama-3-8B", "full", optimizer="sgd-momentum", optimizer_state_dtype="bf16"
+        ).optimizer
+        == 2 * n
+    )
+    with pytest.raises(ValueError, match="optimizer_state_dtype must be one of"):
+        estimate_memory("Llama-3-8B", optimizer_state_dtype="int8")
+
+
+@pytest.mark.parametrize("state_dtype", ["param", "bf16"])
+def test_bf16_full_fine_tuning_keeps_bf16_adam_states_as_predicted(state_dtype):
+    model = _tiny_llama().to(torch.bfloat16)
+    params = list(model.parameters())
+    opt = torch.optim.AdamW(params, lr=1e-3)
+    ids = torch.randint(0, 500, (2, 16), generator=torch.Generator().manual_seed(0))
+    model(input_ids=ids, labels=ids).loss.backward()
+    opt.step()
+    measured = measure_training_memory(model, opt)
+    predicted = estimate_memory(
+        model, "full", precision="bf16", optimizer_state_dtype=state_dtype, activations=False
+    )
+    assert measured["optimizer"] == predicted.optimizer + 4 * len(params)  # + AdamW's fp32 step counters
+    assert measured["optimizer"] != estimate_memory(
+        model, "full", precision="bf16", activations=False
+    ).optimizer + 4 * len(params)
+
+
+def _stored_gpu_scale_rows() -> list[dict]:
+    import json
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parent.parent / "lessons" / "results" / "gpu"
+    rows = []
+    for path in sorted(folder.glob("scale*.json*")):
+        lines = path.read_text().splitlines() if path.suffix == ".jsonl" else [path.read_text()]
+        for line in filter(str.strip, lines):
+            doc = json.loads(line)
+            # a bench scale results file (settings beside its runs), or one row of tests/gpu_check.sh's scale.jsonl
+            rows += [{"settings": doc.get("settings"), **run} for run in doc.get("runs", [doc])]
+    return [r for r in rows if str(r.get("device", "")).startswith("cuda") and r.get("peak_bytes")]
+
+
+def test_the_gpu_prediction_is_within_ten_percent_of_the_measured_cuda_peak():
+    """Once tests/gpu_check.sh's rows are stored: lesson 1's prediction, with the optimizer states in the
+    trainable parameters' dtype (bf16 AdamW moments for a bf16 model), against torch.cuda.max_memory_allocated."""
+    from transformers import LlamaConfig
+
+    from lora101.bench import scale
+
+    rows = _stored_gpu_scale_rows()
+    if not rows:
+        pytest.skip("no GPU run stored under lessons/results/gpu/ yet")
+    for row in rows:
+        config = LlamaConfig(**scale.SIZES[row["size"]])
+        settings = row["settings"]
+        predicted = estimate_memory(
+            config, row["method"], precision="bf16" if row["dtype"] == "bfloat16" else "fp32", r=scale.RANK,
+            target_modules="all-linear", batch_size=settings["batch_size"], seq_len=settings["seq_len"],
+            gradient_checkpointing=settings["checkpointing"], optimizer_state_dtype="param",
+        )  # fmt: skip
+        assert predicted.total == pytest.approx(row["peak_bytes"], rel=0.10), (row["size"], row["method"])
