@@ -3,7 +3,7 @@
 * :func:`lora_bypass` -- a LoRA layer: the frozen weight W beside the trained low-rank path B A, scaled by
   alpha/r and summed (lesson 2, reused in lesson 3);
 * :func:`qlora_dataflow` -- a QLoRA layer: 4-bit NF4 storage de-quantised to the compute dtype for the
-  matmul, plus the 16-bit adapter path; gradients reach only A and B (lessons 4-5);
+  matmul, plus the adapter path (fp32 in this course); gradients reach only A and B (lessons 4-5);
 * :func:`memory_breakdown` -- stacked bars of training memory for full fine-tuning, LoRA and QLoRA, computed
   by :func:`lora101.memory.estimate_memory` for a model (lesson 1): a measurement of the formula, not a
   drawing of made-up sizes.
@@ -131,18 +131,21 @@ def lora_bypass(r: int = 8, alpha: float = 16, d: int | None = None, k: int | No
     return fig
 
 
-def qlora_dataflow(compute_dtype: str = "bf16"):
+def qlora_dataflow(compute_dtype: str = "bf16", adapter_dtype: str = "fp32"):
     """A QLoRA layer as a diagram: what is stored, what is computed, where gradients go.
 
     Storage holds the 4-bit NF4 codes of W and their absmax constants (one per block of 64 weights, themselves
     quantised to 8 bits: double quantisation). At each forward pass the block is de-quantised to
-    ``compute_dtype`` ("bf16", "fp16" or "fp32") for the matmul; the 16-bit LoRA adapter path is added. The
-    backward pass flows through the de-quantised W to the input, but only A and B receive gradients.
+    ``compute_dtype`` ("bf16", "fp16" or "fp32") for the matmul; the LoRA adapter path, whose A and B are
+    stored in ``adapter_dtype`` (fp32 in this course: PEFT keeps adapter weights in fp32 by default even
+    when the base computes in bf16), is added. The backward pass flows through the de-quantised W to the
+    input, but only A and B receive gradients.
     """
-    if compute_dtype not in ("bf16", "fp16", "fp32"):
-        raise ValueError(f"compute_dtype must be 'bf16', 'fp16' or 'fp32', got {compute_dtype!r}")
+    for name, value in (("compute_dtype", compute_dtype), ("adapter_dtype", adapter_dtype)):
+        if value not in ("bf16", "fp16", "fp32"):
+            raise ValueError(f"{name} must be 'bf16', 'fp16' or 'fp32', got {value!r}")
     fig, ax = _canvas(13, 7.2, (10, 5.5))
-    _qlora_boxes(ax, compute_dtype)
+    _qlora_boxes(ax, compute_dtype, adapter_dtype)
     _qlora_arrows(ax, compute_dtype)
     _legend(
         ax,
@@ -157,7 +160,7 @@ def qlora_dataflow(compute_dtype: str = "bf16"):
     return fig
 
 
-def _qlora_boxes(ax, compute_dtype: str) -> None:
+def _qlora_boxes(ax, compute_dtype: str, adapter_dtype: str) -> None:
     """The QLoRA diagram's boxes: storage, the de-quantise/matmul path, the adapter, the sum."""
     from matplotlib.patches import Circle, FancyBboxPatch
 
@@ -198,8 +201,8 @@ def _qlora_boxes(ax, compute_dtype: str) -> None:
     )
     _box(ax, 9.2, 4.95, 2.0, 1.1, f"matmul\nW x  ({compute_dtype})", NEUTRAL_COLOR)
     _box(ax, 1.2, 2.2, 1.3, 0.9, f"input x\n({compute_dtype})", NEUTRAL_COLOR)
-    _box(ax, 4.4, 1.3, 2.3, 1.1, "LoRA A (r x k)\n16-bit, trained", TRAINED_COLOR)
-    _box(ax, 7.6, 1.3, 2.3, 1.1, "LoRA B (d x r)\n16-bit, trained", TRAINED_COLOR)
+    _box(ax, 4.4, 1.3, 2.3, 1.1, f"LoRA A (r x k)\n{adapter_dtype}, trained", TRAINED_COLOR)
+    _box(ax, 7.6, 1.3, 2.3, 1.1, f"LoRA B (d x r)\n{adapter_dtype}, trained", TRAINED_COLOR)
     ax.add_patch(Circle((11.0, 3.1), 0.32, facecolor="white", edgecolor="#333333", lw=1.4))
     ax.text(11.0, 3.1, "+", ha="center", va="center", fontsize=16)
     _box(ax, 12.3, 3.1, 1.2, 1.0, "output\nh", NEUTRAL_COLOR)

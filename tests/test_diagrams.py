@@ -53,13 +53,18 @@ def test_lora_bypass_rejects_bad_arguments_by_name(bad):
 def test_qlora_dataflow_shows_storage_dequantisation_and_where_gradients_go():
     png, text = _png_and_text(diagrams.qlora_dataflow())
     assert png.startswith(b"\x89PNG")
-    for label in ("NF4", "4 bits", "absmax", "double-quantised", "de-quantise", "bf16", "16-bit, trained",
+    for label in ("NF4", "4 bits", "absmax", "double-quantised", "de-quantise", "bf16", "fp32, trained",
                   "gradients flow only into A and B", "frozen"):  # fmt: skip
         assert label in text, f"{label!r} missing from the diagram's texts: {text}"
     _, fp32 = _png_and_text(diagrams.qlora_dataflow(compute_dtype="fp32"))
     assert "to fp32" in fp32
     with pytest.raises(ValueError, match="compute_dtype"):
         diagrams.qlora_dataflow(compute_dtype="int4")
+    assert "16-bit" not in text  # the course keeps adapters in fp32 (PEFT upcasts 16-bit adapters)
+    _, bf16_adapters = _png_and_text(diagrams.qlora_dataflow(adapter_dtype="bf16"))
+    assert "bf16, trained" in bf16_adapters
+    with pytest.raises(ValueError, match="adapter_dtype"):
+        diagrams.qlora_dataflow(adapter_dtype="int8")
 
 
 def test_memory_breakdown_draws_the_estimates_of_lora101_memory():
