@@ -23,10 +23,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from lora101.errors import UsageError
+
 IGNORE_INDEX = -100  # the label PyTorch's cross-entropy skips: prompt tokens do not count in the loss
 
 
-class DataError(ValueError):
+class DataError(UsageError):
     """Bad training data; the message names the file and line."""
 
 
@@ -61,20 +63,43 @@ def tokenize_example(
 
 
 def tokenize_examples(tokenizer, examples: list[dict], path: Path | None, max_length: int):
-    """A ``datasets.Dataset`` of token ids with the prompt masked; DataError (file:line) if too long."""
-    from datasets import Dataset
+    """A ``datasets.Dataset`` of token ids with the prompt masked; DataError (file:line) if too long.
 
+    An example whose text is longer than ``max_length`` of the tokenizer's longest tokens is refused before
+    it is tokenised: a 10 MB line costs no more than a short one.
+    """
+    from datasets import Dataset  # inside: importing datasets takes about 2 s, and every command imports this
+
+    longest = longest_token_chars(tokenizer)
     rows = []
     for ex in examples:
+        where = f"{path}:{ex['line']}" if path else f"example {ex['line']}"
+        chars = len(ex["response"]) + sum(len(m["content"]) for m in ex["messages"])
+        if chars > max_length * longest:
+            raise DataError(
+                f"{where}: the example has {chars:,} characters, more than --max-length {max_length} tokens "
+                f"can hold (a token is at most {longest} characters); shorten it"
+            )
         encoded = tokenize_example(tokenizer, ex["messages"], ex["response"])
         if len(encoded["input_ids"]) > max_length:
-            where = f"{path}:{ex['line']}" if path else f"example {ex['line']}"
             raise DataError(
                 f"{where}: the example has {len(encoded['input_ids'])} tokens, longer than the context "
                 f"--max-length {max_length}; shorten it or raise --max-length"
             )
         rows.append(encoded)
     return Dataset.from_list(rows)
+
+
+_LONGEST: dict[int, int] = {}
+
+
+def longest_token_chars(tokenizer) -> int:
+    """The most characters one token of ``tokenizer`` stands for (an upper bound: its vocabulary's longest
+    entry, where byte-level tokens spell each byte as one character)."""
+    key = id(tokenizer)
+    if key not in _LONGEST:
+        _LONGEST[key] = max((len(token) for token in tokenizer.get_vocab()), default=1)
+    return _LONGEST[key]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -84,28 +109,58 @@ def tokenize_examples(tokenizer, examples: list[dict], path: Path | None, max_le
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Examples from a JSONL file as ``{"messages": [...], "response": str, "line": int}``.
 
-    Raises DataError naming the file and line for: a missing or empty file, malformed JSON, a line
-    that is not an object, missing or empty fields, messages that do not end with the assistant.
+    Raises DataError naming the file and line for: a missing or empty file, a line that is not UTF-8,
+    malformed or too deeply nested JSON, a line that is not an object, missing or empty fields, text that
+    is not valid Unicode (a lone surrogate escape), messages that do not end with the assistant.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     out = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
             where = f"{path}:{number}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{where}: malformed JSON ({err.msg} at column {err.colno})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-            out.append({**_example(obj, where), "line": number})
+            obj = _parse_line(raw, where)
+            if obj is not None:
+                out.append({**_example(obj, where), "line": number})
     if not out:
         raise DataError(f"{path}: the file is empty (no examples)")
     return out
+
+
+def _parse_line(raw: bytes, where: str) -> dict | None:
+    """One line's JSON object (None for a blank line); DataError naming ``where`` for anything else."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(
+            f"{where}: not UTF-8 text (byte {raw[err.start]:#04x} at column {err.start + 1}); save the file "
+            "as UTF-8"
+        ) from None
+    if not line.strip():
+        return None
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{where}: malformed JSON ({err.msg} at column {err.colno})") from None
+    except RecursionError:
+        raise DataError(
+            f"{where}: the JSON is nested too deeply to read; an example is one flat object"
+        ) from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _check_text(text: str, where: str, name: str) -> None:
+    """DataError when ``text`` holds a lone surrogate (a ``\\ud800``-style escape that is no character)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise DataError(
+            f"{where}: {name} holds {text[err.start]!r} at character {err.start + 1}, half of a surrogate "
+            "pair, which is not a character; fix the escape"
+        ) from None
 
 
 def _example(obj: dict, where: str) -> dict[str, Any]:
@@ -117,6 +172,8 @@ def _example(obj: dict, where: str) -> dict[str, Any]:
             f"{where}: missing or empty field(s) {missing}; each line needs 'prompt' and 'response' "
             "strings, or a chat 'messages' list"
         )
+    _check_text(obj["prompt"], where, "'prompt'")
+    _check_text(obj["response"], where, "'response'")
     return {"messages": [{"role": "user", "content": obj["prompt"]}], "response": obj["response"]}
 
 
@@ -130,6 +187,7 @@ def _chat_example(msgs: Any, where: str) -> dict[str, Any]:
             or not isinstance(m.get("content"), str)
         ):
             raise DataError(f"{where}: message {i} needs string 'role' and 'content'")
+        _check_text(m["content"], where, f"message {i}")
     if msgs[-1]["role"] != "assistant" or not msgs[-1]["content"].strip():
         raise DataError(f"{where}: the last message must be a non-empty 'assistant' answer to learn")
     return {

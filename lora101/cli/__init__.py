@@ -15,6 +15,8 @@ import pkgutil
 import sys
 from pathlib import Path
 
+from lora101.errors import ConfigError, UsageError
+
 # Modules that add a top-level command (each with a ``register(subparsers)`` function).
 COMMAND_MODULES = [
     "lora101.cli.doctor",
@@ -81,16 +83,26 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``lora101 ARGV``; bad input ends in one line on stderr and exit status 2, never a traceback."""
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(argv)
     args = parser.parse_args(argv)
+    command = " ".join(a for a in (args.command, getattr(args, "benchmark", None)) if a)
     try:
         return int(args.func(args) or 0)
+    except ConfigError as err:  # a configuration field: the option that sets it has the field's name
+        print(f"{parser.prog} {command}: error: {option_name(err.field)}: {err.message}", file=sys.stderr)
+    except UsageError as err:  # OptionError, bad data, an output folder that must not be written, ...
+        print(f"{parser.prog} {command}: error: {err}", file=sys.stderr)
     except ValueError as err:
-        # A command refuses a bad option with ValueError("--option: why"): one line, as argparse's own
-        # errors, and exit status 2 (any other ValueError is a bug and keeps its traceback).
+        # Commands not yet raising OptionError refuse an option with ValueError("--option: why"); any other
+        # ValueError is a bug and keeps its traceback.
         if not str(err).startswith("--"):
             raise
-        command = " ".join(a for a in (args.command, getattr(args, "benchmark", None)) if a)
         print(f"{parser.prog} {command}: error: {err}", file=sys.stderr)
-        return 2
+    return 2
+
+
+def option_name(field: str) -> str:
+    """The command-line option that sets configuration field ``field``: ``batch_size`` -> ``--batch-size``."""
+    return "--" + field.replace("_", "-")
