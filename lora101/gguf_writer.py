@@ -60,7 +60,8 @@ def write_gguf(
     _copy_metadata(reader, writer, gguf.LlamaFileType[TYPES[gguf_type][1]])
     tensors = list(named_tensors(merged))
     for name, weight in tqdm(tensors, desc=f"GGUF {gguf_type}", disable=not progress):
-        writer.add_tensor(name, *_encode(weight, qtype))
+        data, keywords = _encode(weight, qtype)
+        writer.add_tensor(name, data, **keywords)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file(progress=False)
