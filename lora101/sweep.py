@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import random
 import subprocess
 import sys
 import tempfile
@@ -36,9 +37,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from lora101 import finetune as ft
+from lora101.data import task_examples, tokenize_examples
 from lora101.doctor import installed_versions
-from lora101.models import DEFAULT_MODEL
+from lora101.errors import ConfigError, OptionError
+from lora101.lora import count_parameters
+from lora101.memory import lora_parameter_count, peak_memory_bytes, peak_rss_bytes
+from lora101.models import DEFAULT_MODEL, choose_device, has_native_bf16, load_tokenizer, resolve_model
+from lora101.sweep_stats import by_setting, spread
 from lora101.targets import ALL_LINEAR, parse_targets
+from lora101.tasks import contracts
 
 FORMAT = "lora101-sweep/2"  # /2: every setting once per seed (top-level "seeds"); /1: one seed
 FORMATS = ("lora101-sweep/1", FORMAT)  # both are read
@@ -71,27 +81,29 @@ class Settings:
         for name in ("steps", "batch_size", "eval_examples", "rank"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+                raise ConfigError(name, f"must be a positive integer, got {value!r}")
         object.__setattr__(self, "seeds", tuple(self.seeds))  # a list from JSON or the command line
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds must be distinct integers >= 0, at least one, got {list(self.seeds)}")
+            raise ConfigError(
+                "seeds", f"must be distinct integers >= 0, at least one, got {list(self.seeds)}"
+            )
         for seed in self.seeds:
             if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-                raise ValueError(
-                    f"seeds must be distinct integers >= 0, at least one, got {list(self.seeds)}"
+                raise ConfigError(
+                    "seeds", f"must be distinct integers >= 0, at least one, got {list(self.seeds)}"
                 )
         for name in ("warmup_steps", "threads"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+                raise ConfigError(name, f"must be an integer >= 0, got {value!r}")
         for name in ("lr", "full_lr"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0 < value < 1:
-                raise ValueError(f"{name} must be a learning rate between 0 and 1, got {value!r}")
+                raise ConfigError(name, f"must be a learning rate between 0 and 1, got {value!r}")
         if not 0 < self.noise <= 1:
-            raise ValueError(f"noise must be a fraction in (0, 1], got {self.noise!r}")
+            raise ConfigError("noise", f"must be a fraction in (0, 1], got {self.noise!r}")
         if self.eval_examples > 2000:
-            raise ValueError(f"eval_examples must be at most 2000, got {self.eval_examples}")
+            raise ConfigError("eval_examples", f"must be at most 2000, got {self.eval_examples}")
 
 
 @dataclass(frozen=True)
@@ -141,8 +153,6 @@ def target_modules(targets: str) -> tuple[str, ...]:
 
 def adapter_parameters(rank: int, targets: str, model: str = "SmolLM2-135M") -> int:
     """Trainable parameters of a LoRA adapter: ``rank * (in + out)`` per targeted layer, all blocks."""
-    from lora101.memory import lora_parameter_count
-
     return lora_parameter_count(model, rank, target_modules(targets))
 
 
@@ -176,7 +186,7 @@ def plan(
     groups = list(groups)
     unknown = [g for g in groups if g not in GROUPS]
     if unknown or not groups:
-        raise ValueError(f"groups: {unknown or groups!r} not understood; choose from {GROUPS}")
+        raise ConfigError("groups", f"{unknown or groups!r} not understood; choose from {GROUPS}")
     r, lr, full_lr = settings.rank, settings.lr, settings.full_lr
     ref = Run(f"LoRA r={r}", rank=r, alpha=2 * r, lr=lr)
     wanted: list[Run] = []
@@ -230,33 +240,39 @@ def _once_each(wanted: list[Run]) -> list[Run]:
 # One run (inside the worker process)
 
 
-def _datasets(tokenizer, settings: Settings, data: str, seed: int):
-    """(train, test) ``datasets.Dataset``s: training examples drawn with ``seed``, the held-out ones with
-    :data:`HELD_OUT_SEED`; "noisy" swaps ``noise`` of the training answers between sentences."""
-    import random
-
-    from datasets import Dataset
-
-    from lora101.data import tokenize_example
-    from lora101.tasks.contracts import build_dataset, build_messages
-
+def _examples(settings: Settings, data: str, seed: int) -> tuple[list[dict], list[dict]]:
+    """(training, held-out) examples of the contract task: the training ones drawn with ``seed``, the held-out
+    ones with :data:`HELD_OUT_SEED`; "noisy" swaps ``noise`` of the training answers between sentences."""
     n_train = settings.steps * settings.batch_size
-    train = build_dataset(tokenizer, n_train=n_train, n_test=1, seed=seed)["train"]
-    test = build_dataset(tokenizer, n_train=1, n_test=settings.eval_examples, seed=HELD_OUT_SEED)["test"]
+    train = task_examples(contracts, n_train, "train", seed)
+    held_out = task_examples(contracts, settings.eval_examples, "test", HELD_OUT_SEED)
     if data == "noisy":
         rng = random.Random(f"lora101-sweep/noise/{seed}")
-        answers = list(train["answer"])
         chosen = rng.sample(range(n_train), round(settings.noise * n_train))
-        shuffled = [answers[i] for i in chosen]
+        shuffled = [train[i]["response"] for i in chosen]
         rng.shuffle(shuffled)
         for i, answer in zip(chosen, shuffled, strict=True):
-            answers[i] = answer
-        rows = [
-            tokenize_example(tokenizer, build_messages(s), a)
-            for s, a in zip(train["sentence"], answers, strict=True)
-        ]
-        train = Dataset.from_list(rows)
-    return train.select_columns(["input_ids", "attention_mask", "labels"]), test
+            train[i] = {**train[i], "response": answer}
+    return train, held_out
+
+
+def finetune_config(run: Run, settings: Settings, seed: int) -> ft.FinetuneConfig:
+    """The :class:`lora101.finetune.FinetuneConfig` of ``run`` at ``seed``: the one description of a training
+    run (the sweep logs every step and keeps no checkpoint)."""
+    return ft.FinetuneConfig(
+        model=settings.model,
+        precision=_precision(run),
+        rank=run.rank,
+        alpha=run.alpha,
+        targets=list(target_modules(run.targets)),
+        steps=settings.steps,
+        batch_size=settings.batch_size,
+        lr=run.lr,
+        warmup_steps=settings.warmup_steps,
+        seed=seed,
+        save_steps=10**9,
+        logging_steps=1,
+    )
 
 
 def _precision(run: Run) -> str:
@@ -268,15 +284,8 @@ def _precision(run: Run) -> str:
 
 def _model(run: Run, settings: Settings, seed: int):
     """The model to train for ``run`` and its parameter counts."""
-    import torch
-
-    from lora101 import finetune as ft
-    from lora101.lora import count_parameters
-
     if run.base == "random":
         from transformers import AutoConfig, AutoModelForCausalLM
-
-        from lora101.models import choose_device, has_native_bf16, resolve_model
 
         torch.manual_seed(seed)
         config = AutoConfig.from_pretrained(resolve_model(settings.model).path)
@@ -301,13 +310,9 @@ def _model(run: Run, settings: Settings, seed: int):
 def teacher_forced_scores(model, tokenizer, dataset, batch_size: int = 8) -> dict[str, float]:
     """``test_loss``, ``token_accuracy`` and ``exact_match`` of ``model`` on ``dataset`` (columns
     ``input_ids``, ``attention_mask``, ``labels`` with the prompt masked as -100); see the module docstring."""
-    import torch
-
-    from lora101.finetune import collator, next_token_labels
-
     rows = dataset.select_columns(["input_ids", "attention_mask", "labels"])
     device = next(model.parameters()).device
-    collate = collator(tokenizer)
+    collate = ft.collator(tokenizer)
     was_training = model.training
     model.eval()
     loss_sum = 0.0
@@ -319,7 +324,7 @@ def teacher_forced_scores(model, tokenizer, dataset, batch_size: int = 8) -> dic
             logits = model(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
             ).logits.float()
-            target = next_token_labels(batch["labels"])  # position t predicts token t+1
+            target = ft.next_token_labels(batch["labels"])  # position t predicts token t+1
             mask = target != -100
             loss_sum += float(torch.nn.functional.cross_entropy(logits[mask], target[mask], reduction="sum"))
             right = (logits.argmax(-1) == target) & mask
@@ -349,11 +354,6 @@ def run_one(
     ``on_step(step)`` is called after each optimizer step. Peak memory is the process's: call this in a
     fresh process (as :func:`run_sweep` does) for it to be the run's own.
     """
-    import torch
-
-    from lora101.memory import peak_memory_bytes, peak_rss_bytes
-    from lora101.models import choose_device, load_tokenizer
-
     if settings.threads:
         torch.set_num_threads(settings.threads)
     device = choose_device()
@@ -361,7 +361,8 @@ def run_one(
         torch.cuda.reset_peak_memory_stats()
     load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     tokenizer = load_tokenizer(settings.model)
-    train_ds, test_ds = _datasets(tokenizer, settings, run.data, seed)
+    train_examples, held_out = _examples(settings, run.data, seed)
+    test_ds = tokenize_examples(tokenizer, held_out, None, ft.FinetuneConfig.max_length)
     rss_before_model = peak_rss_bytes()
     model, counts = _model(run, settings, seed)
     rss_after_model = peak_rss_bytes()
@@ -371,7 +372,7 @@ def run_one(
         "rss_after_model_bytes": rss_after_model,
     }
     if run.method != "none":
-        result["train"] = _train(run, settings, seed, model, tokenizer, train_ds, on_step, workdir)
+        result["train"] = _train(finetune_config(run, settings, seed), model, train_examples, on_step)
     start = time.perf_counter()
     result["eval"] = teacher_forced_scores(model, tokenizer, test_ds)
     result["eval"]["wall_s"] = time.perf_counter() - start
@@ -386,26 +387,14 @@ def run_one(
     return result
 
 
-def _train(run: Run, settings: Settings, seed: int, model, tokenizer, train_ds, on_step, workdir) -> dict:
-    """Train ``model`` for ``run`` in a throw-away output folder; its steps, time, tokens and losses."""
-    from lora101 import finetune as ft
-
-    config = ft.FinetuneConfig(
-        model=settings.model,
-        precision=_precision(run),
-        rank=run.rank,
-        alpha=run.alpha,
-        steps=settings.steps,
-        batch_size=settings.batch_size,
-        lr=run.lr,
-        warmup_steps=settings.warmup_steps,
-        seed=seed,
-        save_steps=10**9,
-        logging_steps=1,
-    )
+def _train(config: ft.FinetuneConfig, model, train_examples: list[dict], on_step) -> dict:
+    """Train ``model`` as ``config`` says with :func:`lora101.finetune.run` (no evaluation, nothing kept);
+    its steps, time, tokens and losses."""
     callbacks = [_step_callback(on_step)] if on_step else []
-    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        trained = ft.train(model, tokenizer, train_ds, config, tmp, callbacks=callbacks, progress=False)
+    report = ft.run(
+        config, (train_examples, []), evaluate=False, model=model, callbacks=callbacks, progress=False
+    )
+    trained = report.train
     losses = trained.losses
     return {
         "steps": trained.global_step,
@@ -431,8 +420,6 @@ def _step_callback(on_step: Callable[[int], None]):
 
 def _worker(spec: str) -> int:
     """Entry point of a run's process: ``python -m lora101.sweep '{"run": ..., "settings": ...}'``."""
-    import lora101  # noqa: F401  (quiets bitsandbytes before it is imported)
-
     payload = json.loads(spec)
     run = Run(**{**payload["run"], "groups": tuple(payload["run"]["groups"])})
     settings = Settings(**payload["settings"])
@@ -451,8 +438,6 @@ def _worker(spec: str) -> int:
 
 def machine_info() -> dict[str, Any]:
     """CPU model, cores, memory, GPU (if any), OS and the load average when the sweep started."""
-    import torch
-
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -483,30 +468,31 @@ def check_partial(path: str | os.PathLike, resume: bool = False, force: bool = F
     and to resume from a partial file that is not there."""
     partial = Path(str(path) + ".partial")
     if resume and not partial.is_file():
-        raise FileNotFoundError(f"resume: {partial} does not exist; start the sweep without --resume")
+        raise OptionError("--resume", f"{partial} does not exist; start the sweep without --resume")
     if partial.exists() and not (resume or force):
-        raise FileExistsError(
-            f"output: {partial} holds the runs of a stopped sweep; pass --resume to carry on from them "
-            "or --force to start again"
+        raise OptionError(
+            "--output",
+            f"{partial} holds the runs of a stopped sweep; pass --resume to carry on from them "
+            "or --force to start again",
         )
 
 
 def check_output_path(path: str | os.PathLike, force: bool = False) -> Path:
     """``path`` as a Path, after checking that a results file may be written there.
 
-    Raises FileExistsError when a file is already there (unless ``force``), ValueError when the name
-    does not end in ``.json`` or names a folder, FileNotFoundError when its folder does not exist.
+    Raises :class:`lora101.errors.OptionError` (``--output``) when a file is already there (unless ``force``),
+    when the name does not end in ``.json`` or names a folder, or when its folder does not exist.
     """
     path = Path(path)
     if path.suffix != ".json":
-        raise ValueError(f"output: {path} must end in .json (the results file is JSON)")
+        raise OptionError("--output", f"{path} must end in .json (the results file is JSON)")
     if path.is_dir():
-        raise ValueError(f"output: {path} is a folder; give a file name such as {path / 'sweep.json'}")
+        raise OptionError("--output", f"{path} is a folder; give a file name such as {path / 'sweep.json'}")
     if not path.parent.is_dir():
-        raise FileNotFoundError(f"output: the folder {path.parent} does not exist; create it first")
+        raise OptionError("--output", f"the folder {path.parent} does not exist; create it first")
     if path.exists() and not force:
-        raise FileExistsError(
-            f"output: {path} already exists; choose another name or pass --force to replace it"
+        raise OptionError(
+            "--output", f"{path} already exists; choose another name or pass --force to replace it"
         )
     return path
 
@@ -559,12 +545,15 @@ def _resumed_document(partial: Path, settings: Settings, command: str | None) ->
     """The runs a stopped sweep left in ``partial``, checked to be this sweep's (same settings, seeds and
     library versions); the resumption is recorded with the machine it happens on."""
     fresh = _new_document(settings, command)
-    doc = _read_json(partial, f"resume: {partial}", "does not exist; start the sweep without --resume")
+    if not partial.is_file():
+        raise OptionError("--resume", f"{partial} does not exist; start the sweep without --resume")
+    doc = _read_json(partial, f"--resume: {partial}", "does not exist")
     for key in ("format", "settings", "seeds", "versions"):
         if doc.get(key) != fresh[key]:
-            raise ValueError(
-                f"resume: {partial} was written with other {key} ({doc.get(key)!r}, now {fresh[key]!r}); "
-                "give the same options, or start again with --force"
+            raise OptionError(
+                "--resume",
+                f"{partial} was written with other {key} ({doc.get(key)!r}, now {fresh[key]!r}); "
+                "give the same options, or start again with --force",
             )
     doc.setdefault("resumed", []).append({"at": fresh["started"], "machine": fresh["machine"]})
     return doc
@@ -591,15 +580,15 @@ def run_sweep(
     path = check_output_path(output, force) if output is not None else None
     partial = Path(str(path) + ".partial") if path is not None else None
     if resume and partial is None:
-        raise ValueError("resume needs an output file (its .partial file holds the runs done so far)")
+        raise OptionError("--resume", "needs --output (its .partial file holds the runs done so far)")
     if partial is not None:
         check_partial(path, resume, force)
     doc = _resumed_document(partial, settings, command) if resume else _new_document(settings, command)
     done = {(r["name"], r["seed"]) for r in doc["runs"]}
     unplanned = sorted({name for name, _ in done} - {run.name for run in runs})
     if unplanned:
-        raise ValueError(
-            f"resume: {partial} holds runs this sweep does not plan ({unplanned}); give the same --groups"
+        raise OptionError(
+            "--resume", f"{partial} holds runs this sweep does not plan ({unplanned}); give the same --groups"
         )
     todo = [(seed, run) for run in runs for seed in settings.seeds if (run.name, seed) not in done]
     _run_all(todo, settings, doc, partial, progress)
@@ -697,8 +686,6 @@ def table(runs: Iterable[dict[str, Any]], timing: bool = False) -> str:
 
     Runs of one setting at several seeds make one row: each score's mean over the seeds and, in brackets,
     its range (lowest-highest), with the number of seeds; see :mod:`lora101.sweep_stats`."""
-    from lora101.sweep_stats import by_setting
-
     runs = list(runs)
     settings = by_setting(runs)
     if len(settings) < len(runs):
@@ -726,8 +713,6 @@ def table(runs: Iterable[dict[str, Any]], timing: bool = False) -> str:
 def _spread_table(settings: dict[str, list[dict[str, Any]]], timing: bool) -> str:
     """:func:`table` for repeated runs: one row a setting, mean [lowest-highest] over its seeds (train loss,
     token accuracy and tokens/s: the mean; peak memory: the highest)."""
-    from lora101.sweep_stats import spread
-
     head = (
         f"{'run':<34} {'seeds':>5} {'trainable':>11} {'train loss':>10} {'test loss [range]':>21} "
         f"{'token acc':>9} {'exact match [range]':>19}"

@@ -139,7 +139,9 @@ def test_good_data_trains_reports_and_resumes(tmp_path, base_model_dir):
     assert last_checkpoint(out / "checkpoints").name == "checkpoint-2"
     assert _run(tmp_path, data, "--resume") == 0
     resumed = json.loads((out / "report.json").read_text())
-    assert resumed["steps"] == 4 and min(resumed["loss"]["steps"]) > 2  # it continued, not restarted
+    assert resumed["steps"] == 4 and resumed["resumed_from"] == "checkpoint-2"  # it continued, not restarted
+    assert resumed["loss"]["steps"] == report["loss"]["steps"]  # the whole history, the checkpoint's included
+    assert resumed["loss"]["values"][:2] == report["loss"]["values"][:2]
     assert resumed["before"] == report["before"]
     assert 0 < resumed["tokens"] < report["tokens"]  # tokens/s counts the resumed steps only, over their time
     assert all((out / f).is_file() for f in ADAPTER_FILES)
@@ -181,24 +183,32 @@ def test_the_training_defaults_are_the_configs_and_its_schedule_follows_the_step
         "steps",
         "batch_size",
         "lr",
-        "save_steps",
         "seed",
     ):
         assert getattr(args, name) == getattr(config, name), name
     assert (
         args.task is None and args.mixed_precision == config.mixed_precision and args.device == config.device
     )
+    assert args.save_steps is None  # every tenth of the steps
     short, long = FinetuneConfig.for_steps(4, save_steps=40), FinetuneConfig.for_steps(100, rank=8)
     assert (short.warmup_steps, short.logging_steps, short.save_steps) == (1, 1, 4)  # a checkpoint at the end
-    assert (long.warmup_steps, long.logging_steps, long.save_steps, long.rank) == (10, 5, 40, 8)
+    # an interruption loses at most a tenth of the run
+    assert (long.warmup_steps, long.logging_steps, long.save_steps, long.rank) == (10, 5, 10, 8)
+    assert all(FinetuneConfig(steps=n).save_steps <= max(1, n / 10) for n in (1, 5, 9, 10, 50, 399, 400))
 
 
 @pytest.mark.parametrize(
     ("option", "value", "named"),
     [
-        ("--steps", "0", "--steps must be a positive integer"),
-        ("--lr", "-1", "--lr must be between 0 and 1"),
-        ("--batch-size", "0", "--batch-size must be a positive integer"),
+        ("--steps", "0", "--steps: must be a positive integer"),
+        ("--lr", "-1", "--lr: must be between 0 and 1"),
+        ("--batch-size", "0", "--batch-size: must be a positive integer"),
+        ("--eval-size", "0", "--eval-size: must be a positive integer"),
+        ("--eval-size", "-1", "--eval-size: must be a positive integer"),
+        ("--train-size", "0", "--train-size: must be a positive integer"),
+        ("--targets", "bogus", "--targets: ['bogus'] not understood"),
+        ("--device", "tpu9", "--device: 'tpu9' is not a torch device"),
+        ("--model", "/nope", "--model: /nope does not exist"),
     ],
 )
 def test_a_bad_training_option_is_refused_naming_the_option(tmp_path, capsys, option, value, named):

@@ -38,16 +38,16 @@ def test_targets_compared_at_equal_parameter_budget():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(steps=0), "steps must be a positive integer"),
-    (dict(batch_size=1.5), "batch_size must be a positive integer"),
-    (dict(lr=0), "lr must be a learning rate"),
-    (dict(full_lr=2.0), "full_lr must be a learning rate"),
-    (dict(noise=0), "noise must be a fraction"),
-    (dict(threads=-1), "threads must be an integer >= 0"),
-    (dict(eval_examples=5000), "eval_examples must be at most 2000"),
-    (dict(seeds=()), "seeds must be distinct integers"),
-    (dict(seeds=(1, 1)), "seeds must be distinct integers"),
-    (dict(seeds=(0, -2)), "seeds must be distinct integers"),
+    (dict(steps=0), "steps: must be a positive integer"),
+    (dict(batch_size=1.5), "batch_size: must be a positive integer"),
+    (dict(lr=0), "lr: must be a learning rate"),
+    (dict(full_lr=2.0), "full_lr: must be a learning rate"),
+    (dict(noise=0), "noise: must be a fraction"),
+    (dict(threads=-1), "threads: must be an integer >= 0"),
+    (dict(eval_examples=5000), "eval_examples: must be at most 2000"),
+    (dict(seeds=()), "seeds: must be distinct integers"),
+    (dict(seeds=(1, 1)), "seeds: must be distinct integers"),
+    (dict(seeds=(0, -2)), "seeds: must be distinct integers"),
 ])
 def test_settings_refuse_bad_values(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -64,9 +64,9 @@ def test_runs_refuse_bad_values():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--steps", "0"], "--steps must be a positive integer"),
-    (["--eval-examples", "-3"], "--eval-examples must be a positive integer"),
-    (["--lr", "3"], "--lr must be a learning rate"),
+    (["--steps", "0"], "--steps: must be a positive integer"),
+    (["--eval-examples", "-3"], "--eval-examples: must be a positive integer"),
+    (["--lr", "3"], "--lr: must be a learning rate"),
     (["--groups", "rank,colour"], "--groups: ['colour'] not understood"),
     (["--ranks", "1,two"], "--ranks: '1,two' is not a comma-separated list"),
     (["--ranks", "0,4"], "--ranks: give positive integers"),
@@ -74,7 +74,7 @@ def test_runs_refuse_bad_values():
     (["--alphas", ""], "--alphas: give positive integers"),
     (["--seeds", "0,x"], "--seeds: '0,x' is not a comma-separated list"),
     (["--seeds", "-1"], "--seeds: give integers >= 0"),
-    (["--seeds", "1,1"], "--seeds must be distinct integers"),
+    (["--seeds", "1,1"], "--seeds: must be distinct integers"),
     (["--resume"], "--resume: "),
 ])
 def test_cli_names_the_bad_option(tmp_path, capsys, args, message):

@@ -16,7 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
+
+from lora101 import finetune as ft
+from lora101.bench._worker import run_worker
+from lora101.data import task_examples
+from lora101.errors import OptionError
+from lora101.tasks import contracts
 
 VARIANTS = ("qlora", "lora", "baseline")
 
@@ -41,9 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _dataset(tokenizer, n: int):
-    from lora101.tasks.contracts import build_dataset
-
-    return build_dataset(tokenizer, n_train=n, n_test=1)["train"].select_columns(
+    return contracts.build_dataset(tokenizer, n_train=n, n_test=1)["train"].select_columns(
         ["input_ids", "attention_mask", "labels"]
     )
 
@@ -87,9 +92,7 @@ def _worker(spec: dict) -> dict:
 
 
 def _lora101_loop(spec: dict, model_name: str, tok, ds) -> tuple[float, int]:
-    """lora101's own loop (``lora101.finetune``): seconds and tokens trained."""
-    from lora101 import finetune as ft
-
+    """lora101's own job (``lora101.finetune.run``, no evaluation, nothing kept): seconds and tokens trained."""
     config = ft.FinetuneConfig(
         model=model_name,
         precision="nf4" if spec["kind"] == "qlora" else "bf16",
@@ -99,9 +102,9 @@ def _lora101_loop(spec: dict, model_name: str, tok, ds) -> tuple[float, int]:
         batch_size=spec["batch_size"],
         save_steps=10**6,
     )
-    model = ft.add_lora(ft.load_base(model_name, precision=config.precision), config.rank, config.alpha)
-    result = ft.train(model, tok, ds, config, spec["tmp"], progress=False)
-    return result.wall_s, result.tokens
+    examples = task_examples(contracts, spec["steps"] * spec["batch_size"], "train", seed=0)  # as _dataset
+    report = ft.run(config, (examples, []), evaluate=False, progress=False)
+    return report.train.wall_s, report.train.tokens
 
 
 def _plain_script(spec: dict, model_name: str, tok, ds, device) -> tuple[float, int]:
@@ -115,7 +118,6 @@ def _plain_script(spec: dict, model_name: str, tok, ds, device) -> tuple[float, 
         TrainingArguments,
     )
 
-    from lora101.finetune import FinetuneConfig, autocast_dtype, checkpointing_arguments
     from lora101.models import compute_dtype_for, resolve_model
 
     cuda = device.type == "cuda"
@@ -143,14 +145,14 @@ def _plain_script(spec: dict, model_name: str, tok, ds, device) -> tuple[float, 
         output_dir=spec["tmp"],
         per_device_train_batch_size=spec["batch_size"],
         max_steps=spec["steps"],
-        learning_rate=FinetuneConfig().lr,
+        learning_rate=ft.FinetuneConfig().lr,
         lr_scheduler_type="cosine",
         warmup_steps=1,
         report_to=[],
         save_strategy="no",
         optim="paged_adamw_8bit" if cuda else "adamw_torch",
-        **checkpointing_arguments(cuda),
-        bf16=autocast_dtype(FinetuneConfig()) is not None,
+        **ft.checkpointing_arguments(cuda),
+        bf16=ft.autocast_dtype(ft.FinetuneConfig()) is not None,
         use_cpu=not cuda,
         disable_tqdm=True,
         seed=0,
@@ -161,17 +163,18 @@ def _plain_script(spec: dict, model_name: str, tok, ds, device) -> tuple[float, 
 
 
 def run(args: argparse.Namespace) -> int:
-    import tempfile
-
-    from lora101.bench._worker import run_worker
-
     if args.worker:
         print("RESULT " + json.dumps(_worker(json.loads(args.worker))), flush=True)
         return 0
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
-        raise ValueError(f"--variants: unknown {unknown}; choose from {VARIANTS}")
+        raise OptionError("--variants", f"unknown {unknown}; choose from {VARIANTS}")
+    for option in ("steps", "batch_size", "rank", "alpha"):
+        if getattr(args, option) < 1:
+            raise OptionError(
+                "--" + option.replace("_", "-"), f"must be a positive integer, got {getattr(args, option)}"
+            )
     rows = []
     for kind in variants:
         with tempfile.TemporaryDirectory() as tmp:

@@ -87,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(argv)
     args = parser.parse_args(argv)
-    command = " ".join(a for a in (args.command, getattr(args, "benchmark", None)) if a)
+    benchmark = getattr(args, "benchmark", None)
+    # an alias (lora101 bench sweep) speaks as the command it is
+    command = benchmark if benchmark in BENCH_ALIASES else " ".join(a for a in (args.command, benchmark) if a)
     try:
         return int(args.func(args) or 0)
     except ConfigError as err:  # a configuration field: the option that sets it has the field's name

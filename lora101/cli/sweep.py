@@ -23,7 +23,19 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
+
+from lora101.errors import ConfigError, OptionError
+from lora101.sweep import (
+    ALPHAS,
+    GROUPS,
+    RANKS,
+    Settings,
+    check_output_path,
+    check_partial,
+    plan,
+    run_sweep,
+    table,
+)
 
 
 def register(subparsers) -> None:
@@ -51,8 +63,6 @@ def _output_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from lora101.sweep import ALPHAS, GROUPS, RANKS, Settings
-
     d = Settings()
     _output_arguments(parser)
     parser.add_argument(
@@ -109,44 +119,41 @@ def _ints(text: str, option: str, smallest: int = 1) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise ValueError(f"{option}: {text!r} is not a comma-separated list of integers") from None
+        raise OptionError(option, f"{text!r} is not a comma-separated list of integers") from None
     if not values or any(v < smallest for v in values):
         kind = "positive integers" if smallest == 1 else f"integers >= {smallest}"
-        raise ValueError(f"{option}: give {kind}, got {text!r}")
+        raise OptionError(option, f"give {kind}, got {text!r}")
     return values
 
 
-def parse(args: argparse.Namespace):
-    """(runs, settings, output path) from the parsed arguments; ValueError/FileExistsError name the option."""
-    from lora101.sweep import Settings, check_output_path, check_partial, plan
+# Settings' fields and the options that set them (the same name, but --eval-examples for eval_examples).
+SETTINGS = (
+    "steps",
+    "batch_size",
+    "eval_examples",
+    "rank",
+    "lr",
+    "full_lr",
+    "warmup_steps",
+    "noise",
+    "threads",
+)
 
+
+def parse(args: argparse.Namespace):
+    """(runs, settings, output path) from the parsed arguments; OptionError names the option."""
     groups = [g.strip() for g in args.groups.split(",") if g.strip()]
     ranks, alphas = _ints(args.ranks, "--ranks"), _ints(args.alphas, "--alphas")
     seeds = _ints(args.seeds, "--seeds", smallest=0)
     if any(r > 256 for r in ranks):
-        raise ValueError(f"--ranks: at most 256 (SmolLM2's k/v projections are 192 wide), got {args.ranks!r}")
-    options = {
-        "steps": "--steps",
-        "batch_size": "--batch-size",
-        "eval_examples": "--eval-examples",
-        "rank": "--rank",
-        "lr": "--lr",
-        "full_lr": "--full-lr",
-        "warmup_steps": "--warmup-steps",
-        "noise": "--noise",
-        "seeds": "--seeds",
-        "threads": "--threads",
-        "model": "--model",
-    }
+        raise OptionError(
+            "--ranks", f"at most 256 (SmolLM2's k/v projections are 192 wide), got {args.ranks!r}"
+        )
     try:
-        settings = Settings(**{name: getattr(args, name) for name in options if name != "seeds"}, seeds=seeds)
-    except ValueError as err:  # name the command-line option, not the field
-        name = str(err).split(" ", 1)[0]
-        raise ValueError(f"{options.get(name, name)}{str(err)[len(name) :]}") from None
-    try:
+        settings = Settings(**{name: getattr(args, name) for name in SETTINGS}, seeds=seeds, model=args.model)
         runs = plan(settings, groups, ranks, alphas)
-    except ValueError as err:
-        raise ValueError(f"--{err}") from None
+    except ConfigError as err:  # a field of Settings, set by the option of the same name
+        raise OptionError("--" + err.field.replace("_", "-"), err.message) from None
     path = check_output_path(args.output, args.force)
     check_partial(path, args.resume, args.force)
     return runs, settings, path
@@ -165,31 +172,15 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lora101.sweep import run_sweep, table
-
-    try:
-        runs, settings, path = parse(args)
-    except (ValueError, FileExistsError, FileNotFoundError) as err:
-        message = str(err)
-        print(
-            f"lora101 sweep: error: {'--' + message if message.startswith(('output:', 'resume:')) else message}",
-            file=sys.stderr,
-        )
-        return 2
+    """Run the sweep; a bad option raises OptionError (``cli.main`` prints it as one line, exit status 2)."""
+    runs, settings, path = parse(args)
     command = command_line(args)
     print(
         f"{len(runs)} runs x {len(settings.seeds)} seeds x {settings.steps} steps of {settings.batch_size} "
         f"examples; results -> {path}",
         flush=True,
     )
-    try:
-        doc = run_sweep(runs, settings, path, force=args.force, resume=args.resume, command=command)
-    except (
-        ValueError,
-        FileNotFoundError,
-    ) as err:  # a partial file from other options (a failed run: RuntimeError)
-        print(f"lora101 sweep: error: --{err}", file=sys.stderr)
-        return 2
+    doc = run_sweep(runs, settings, path, force=args.force, resume=args.resume, command=command)
     print(table(doc["runs"], timing=True))
     print(f"written {path}")
     return 0
