@@ -26,6 +26,7 @@ STAMP := $(VENV)/.lora101-installed
 .PHONY: setup model lab test lint doctor clean-venv
 
 setup: $(STAMP) model
+	@sh tests/ensure_bubblewrap.sh
 
 # torch goes in first and on its own, pinned: a bare `torch` pulled in by another package would take
 # the newest build from PyPI, which on Linux is several GB of CUDA libraries.
@@ -54,7 +55,8 @@ lab: setup
 # The numbers do not change: SmolLM2's fp32 and NF4 logits and three LoRA training steps came out bit for bit
 # the same with one thread as with two (tests/test_threads.py), so nbval compares against the notebooks as stored.
 # The browser test drives Debian's chromium; ensure_chromium.sh installs it with apt where it can (root on
-# Debian/Ubuntu, as in CI) and otherwise says why the browser test will skip.
+# Debian/Ubuntu, as in CI) and otherwise says why the browser test will skip. ensure_bubblewrap.sh does the
+# same for bubblewrap, the sandbox `lora101 grade` runs every submission in (from `setup`).
 test: setup
 	sh tests/browser/ensure_chromium.sh
 	OMP_NUM_THREADS=$(TEST_THREADS) MKL_NUM_THREADS=$(TEST_THREADS) $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)

@@ -18,6 +18,7 @@ from exercise_variants import VARIANTS
 from nbgrader.api import Gradebook
 
 from lora101.grading import api_for, grade, scores
+from lora101.grading.config import Options
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCE = REPO / "exercises" / "source"
@@ -302,7 +303,7 @@ def test_lora101_grade_collects_grades_and_never_overwrites_silently(tmp_path):
     nbformat.write(release, subs / "bob" / f"{a}.ipynb")
     out = tmp_path / "graded"
     logs: list[str] = []
-    rows = grade(subs, out, regrade=False, cell_timeout=CELL_TIMEOUT, log=logs.append)
+    rows = grade(subs, out, regrade=False, options=Options(cell_timeout=CELL_TIMEOUT), log=logs.append)
     got = {(r["student"], r["assignment"]): r["score"] for r in rows}
     assert got == {("ada", a): 10.0, ("bob", a): 0.0}
     assert (out / "scores.csv").read_text().splitlines()[0] == "student,assignment,score,max_score,needs_manual_grade"
@@ -313,11 +314,11 @@ def test_lora101_grade_collects_grades_and_never_overwrites_silently(tmp_path):
         g.manual_score = 1.0
         gb.db.commit()
     logs.clear()
-    grade(subs, out, regrade=False, cell_timeout=CELL_TIMEOUT, log=logs.append)
+    grade(subs, out, regrade=False, options=Options(cell_timeout=CELL_TIMEOUT), log=logs.append)
     assert any("skip bob/" in line for line in logs) and any("skip ada/" in line for line in logs)
     assert {(r["student"], r["score"]) for r in scores(out)} == {("ada", 10.0), ("bob", 1.0)}
     logs.clear()
-    grade(subs, out, regrade=True, cell_timeout=CELL_TIMEOUT, log=logs.append)
+    grade(subs, out, regrade=True, options=Options(cell_timeout=CELL_TIMEOUT), log=logs.append)
     assert list((out / "feedback" / "ada").glob(f"{a}.backup-*")), "the old feedback is kept aside"
     assert any("moved the previous" in line for line in logs)
     assert {(r["student"], r["score"]) for r in scores(out)} == {("ada", 10.0), ("bob", 1.0)}, "manual grade kept"

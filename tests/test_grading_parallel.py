@@ -13,6 +13,7 @@ from tiny_course import make_class, make_course
 
 from lora101.cli import main
 from lora101.grading import grade, grade_merge
+from lora101.grading.config import Options
 from lora101.grading.merge import db_url
 from lora101.grading.parallel import parse_shard, select_shard
 
@@ -40,8 +41,8 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("parallel")
     course, subs = make_course(root / "course"), root / "subs"
     kinds = make_class(subs, 2)
-    grade(subs, root / "serial", course, cell_timeout=TIMEOUT, log=lambda line: None)
-    grade(subs, root / "jobs2", course, cell_timeout=TIMEOUT, jobs=2, log=lambda line: None)
+    grade(subs, root / "serial", course, options=Options(cell_timeout=TIMEOUT), log=lambda line: None)
+    grade(subs, root / "jobs2", course, options=Options(cell_timeout=TIMEOUT), jobs=2, log=lambda line: None)
     for k in (1, 2):  # through the command line, as an instructor on two machines would
         args = ["grade", str(subs), "--shard", f"{k}/2", "--out", str(root / f"shard{k}"), "--course", str(course)]
         assert main([*args, "--timeout", str(TIMEOUT)]) == 0

@@ -23,6 +23,7 @@ from pathlib import Path
 import nbformat
 
 from lora101.grading import CELL_TIMEOUT_S, COURSE_DIR, assignments, grade
+from lora101.grading.config import Options
 
 KINDS = ("correct", "partial", "broken", "hostile")
 PROJECTED_LEARNERS = 300
@@ -104,7 +105,7 @@ def run(args) -> int:
                 work / "class",
                 work / f"graded-jobs{j}",
                 course,
-                cell_timeout=args.timeout,
+                options=Options(cell_timeout=args.timeout),
                 jobs=j,
                 log=lambda line: None,
             )

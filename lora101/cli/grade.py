@@ -6,10 +6,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from lora101 import grading
 from lora101.grading import CELL_TIMEOUT_S, COURSE_DIR, grade, grade_merge
+from lora101.grading.config import SUBMISSION_BUDGET_S, Options
+from lora101.grading.sandbox import SandboxLimits
 
 
 def register(subparsers) -> None:
@@ -34,6 +37,24 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--timeout", type=int, default=CELL_TIMEOUT_S, help="seconds a cell may run (default %(default)s)"
+    )
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=SUBMISSION_BUDGET_S,
+        help="seconds of wall-clock time for one notebook, all cells together (default %(default)s)",
+    )
+    p.add_argument(
+        "--memory-gb",
+        type=float,
+        default=SandboxLimits.memory_bytes / 2**30,
+        help="memory one submission's kernel may use, in GiB (default %(default)s)",
+    )
+    p.add_argument(
+        "--unsandboxed",
+        action="store_true",
+        help="run students' code without the bubblewrap sandbox (only for code you trust; scores.csv "
+        "marks every submission so graded)",
     )
     p.add_argument(
         "--jobs", type=int, default=1, help="submissions graded at a time, one process each (default 1)"
@@ -81,7 +102,7 @@ def _main(args) -> int:
             out,
             args.course,
             regrade=args.regrade,
-            cell_timeout=args.timeout,
+            options=_options(args),
             jobs=args.jobs,
             shard=args.shard,
         )
@@ -90,6 +111,17 @@ def _main(args) -> int:
         return 2
     _print_rows(rows)
     return 0
+
+
+def _options(args) -> Options:
+    if args.timeout <= 0:
+        raise ValueError(f"--timeout {args.timeout}: give a number of seconds above 0")
+    if args.budget <= 0:
+        raise ValueError(f"--budget {args.budget}: give a number of seconds above 0")
+    if args.memory_gb <= 0:
+        raise ValueError(f"--memory-gb {args.memory_gb}: give a number of GiB above 0")
+    limits = asdict(SandboxLimits(memory_bytes=int(args.memory_gb * 2**30)))
+    return Options(args.timeout, sandbox=not args.unsandboxed, limits=limits, budget=args.budget)
 
 
 def _merge_main(args) -> int:
@@ -106,6 +138,12 @@ def _merge_main(args) -> int:
 def _print_rows(rows: list[dict]) -> None:
     for r in rows:
         print(
-            f"{r['student']:>16} {r['assignment']:<20} {r['score']:6.1f} / {r['max_score']:.1f}"
+            f"{r['student']:>16} {r['assignment']:<20} {_number(r['score']):>6} / {_number(r['max_score'])}"
             + ("  (needs manual grading)" if r["needs_manual_grade"] else "")
+            + ("" if r["status"] == "graded" else f"  {r['status']}")
+            + (f"  REVIEW: {r['review']}" if r["review"] else "")
         )
+
+
+def _number(value) -> str:
+    return f"{value:.1f}" if isinstance(value, float | int) else "-"

@@ -28,13 +28,16 @@ from __future__ import annotations
 
 import csv
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
-from lora101.grading.config import CELL_TIMEOUT_S, COURSE_DIR, api_for
+from lora101.grading.collect import collect
+from lora101.grading.config import COURSE_DIR, DEFAULT_OPTIONS, Options, api_for
 from lora101.grading.merge import gradebook_lock, merge_folder, set_aside, submissions_in
-from lora101.grading.one import grade_one
+from lora101.grading.one import STATUS, grade_one, read_status
 from lora101.grading.parallel import grade_in_parallel, select_shard
+from lora101.grading.sandbox import sandbox_problem
 
 
 def assignments(course_root: Path) -> list[str]:
@@ -42,32 +45,12 @@ def assignments(course_root: Path) -> list[str]:
     return sorted(p.name for p in (Path(course_root) / "source").iterdir() if any(p.glob("*.ipynb")))
 
 
-def _collect(submissions: Path, names: list[str]) -> dict[tuple[str, str], list[Path]]:
-    """(student, assignment) -> notebooks, from STUDENT/ASSIGNMENT/*.ipynb or STUDENT/ASSIGNMENT.ipynb."""
-    if not submissions.is_dir():
-        raise ValueError(f"SUBMISSIONS_DIR {submissions} is not a folder")
-    found: dict[tuple[str, str], list[Path]] = {}
-    for student in sorted(p for p in submissions.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for item in sorted(student.iterdir()):
-            if item.is_dir() and item.name in names:
-                notebooks = sorted(item.glob("*.ipynb"))
-                if notebooks:
-                    found[(student.name, item.name)] = notebooks
-            elif item.suffix == ".ipynb" and item.stem in names:
-                found.setdefault((student.name, item.stem), []).append(item)
-    if not found:
-        raise ValueError(
-            f"no submissions found in {submissions}: expected STUDENT/ASSIGNMENT/NOTEBOOK.ipynb with ASSIGNMENT one of {names}"
-        )
-    return found
-
-
 def grade(
     submissions: Path,
     out: Path,
     course: Path = COURSE_DIR,
     regrade: bool = False,
-    cell_timeout: int = CELL_TIMEOUT_S,
+    options: Options = DEFAULT_OPTIONS,
     log=print,
     jobs: int = 1,
     shard: tuple[int, int] | None = None,
@@ -75,28 +58,49 @@ def grade(
     """Collect, autograde and write feedback for every submission under ``submissions``; returns score rows.
 
     ``out`` becomes an nbgrader course folder (``source/`` copied from ``course``, ``submitted/``,
-    ``autograded/``, ``feedback/``, ``gradebook.db``) and gets ``scores.csv``. ``jobs`` > 1 grades that many
-    submissions at a time (``lora101.grading.parallel``); ``shard=(K, M)`` grades only shard K of M of the
-    students (``select_shard``), for ``grade_merge`` to combine.
+    ``autograded/``, ``feedback/``, ``status/``, ``gradebook.db``) and gets ``scores.csv``. ``options``: the
+    per-cell timeout, the sandbox (refused with the reason where none can be made, unless
+    ``options.sandbox`` is False: ``--unsandboxed``), its limits and the notebook's time budget. ``jobs`` > 1
+    grades that many submissions at a time (``lora101.grading.parallel``); ``shard=(K, M)`` grades only
+    shard K of M of the students (``select_shard``), for ``grade_merge`` to combine.
     """
     submissions, out, course = Path(submissions).resolve(), Path(out).resolve(), Path(course).resolve()
     if jobs < 1:
         raise ValueError(f"--jobs {jobs}: give 1 or more")
+    _check_sandbox(options)
     names = _check_course(course)
-    found = _collect(submissions, names)
-    if shard:
-        found = select_shard(found, *shard)
-        log(f"shard {shard[0]}/{shard[1]}: {len({s for s, _ in found})} students, {len(found)} submissions")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     with gradebook_lock(out):
-        todo = _make_room(found, out, regrade, stamp, log)
-        api = prepare(out, course, {a for _, a in todo}, cell_timeout)
-        if jobs > 1 and len(todo) > 1:
-            grade_in_parallel(out, todo, min(jobs, len(todo)), cell_timeout, stamp, log)
-        else:
-            for (student, assignment), notebooks in todo.items():
-                grade_one(api, out, student, assignment, notebooks, log)
+        private = Path(tempfile.mkdtemp(prefix=".incoming-", dir=out))
+        try:
+            found = collect(submissions, course, names, private, log)
+            if shard:
+                found = select_shard(found, *shard)
+                log(
+                    f"shard {shard[0]}/{shard[1]}: {len({s for s, _ in found})} students, {len(found)} submissions"
+                )
+            todo = _make_room(found, out, regrade, stamp, log)
+            api = prepare(out, course, {a for _, a in todo}, options)
+            if jobs > 1 and len(todo) > 1:
+                grade_in_parallel(out, todo, min(jobs, len(todo)), options, stamp, log)
+            else:
+                for (student, assignment), notebooks in todo.items():
+                    grade_one(api, out, student, assignment, notebooks, log, options.sandbox)
+        finally:
+            shutil.rmtree(private, ignore_errors=True)
         return write_scores(out, log)
+
+
+def _check_sandbox(options: Options) -> None:
+    if not options.sandbox:
+        return
+    problem = sandbox_problem()
+    if problem:
+        raise ValueError(
+            f"no grading sandbox can be made here: {problem}. A submission is code from someone else: "
+            "grade on Linux with bubblewrap, or, for code you trust, pass --unsandboxed (scores.csv then "
+            "marks every submission so graded)"
+        )
 
 
 def _check_course(course: Path) -> list[str]:
@@ -106,12 +110,12 @@ def _check_course(course: Path) -> list[str]:
 
 
 def _make_room(found: dict, out: Path, regrade: bool, stamp: str, log) -> dict:
-    """The submissions to grade: those not graded in ``out`` yet, or all with ``regrade`` (old results set
-    aside to ``ASSIGNMENT.backup-STAMP``)."""
+    """The submissions to grade: those not graded in ``out`` yet (no status saying so: an interrupted run
+    grades them again), or all with ``regrade`` (old results set aside to ``ASSIGNMENT.backup-STAMP``)."""
     todo = {}
     for (student, assignment), notebooks in found.items():
-        done = any((out / d / student / assignment).exists() for d in ("autograded", "feedback"))
-        if done and not regrade:
+        status = read_status(out, student, assignment) or {}
+        if status.get("status") == "graded" and not regrade:
             log(f"skip {student}/{assignment}: already graded in {out} (use --regrade to grade it again)")
             continue
         set_aside(out, student, assignment, stamp, log)
@@ -119,12 +123,12 @@ def _make_room(found: dict, out: Path, regrade: bool, stamp: str, log) -> dict:
     return todo
 
 
-def prepare(out: Path, course: Path, names: set[str], cell_timeout: int = CELL_TIMEOUT_S):
+def prepare(out: Path, course: Path, names: set[str], options: Options = DEFAULT_OPTIONS):
     """Make ``out`` a grading folder for assignments ``names`` (source copied, generate_assignment run, so
     the gradebook knows them); returns its nbgrader API."""
     out.mkdir(parents=True, exist_ok=True)
     shutil.copytree(course / "source", out / "source", dirs_exist_ok=True)
-    api = api_for(out, cell_timeout=cell_timeout)
+    api = api_for(out, **options.api_kwargs())
     for assignment in sorted(names):
         result = api.generate_assignment(assignment, force=True)
         if not result["success"]:
@@ -150,34 +154,65 @@ def grade_merge(shards: list[Path], out: Path, course: Path = COURSE_DIR, log=pr
         return write_scores(out, log)
 
 
+SCORE_FIELDS = [
+    "student",
+    "assignment",
+    "score",
+    "max_score",
+    "needs_manual_grade",
+    "status",
+    "sandboxed",
+    "review",
+]
+
+
 def write_scores(out: Path, log) -> list[dict]:
+    """``scores.csv`` rebuilt from the gradebook and the submissions' status files (never edited in place)."""
     rows = scores(out)
-    with open(out / "scores.csv", "w", newline="") as f:
-        writer = csv.DictWriter(
-            f, fieldnames=["student", "assignment", "score", "max_score", "needs_manual_grade"]
-        )
+    tmp = out / "scores.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=SCORE_FIELDS)
         writer.writeheader()
         writer.writerows(rows)
-    log(f"wrote {out / 'scores.csv'} ({len(rows)} rows); feedback HTML in {out / 'feedback'}")
+    tmp.replace(out / "scores.csv")
+    flagged = sum(1 for r in rows if r["review"])
+    log(
+        f"wrote {out / 'scores.csv'} ({len(rows)} rows, {flagged} for review); feedback HTML in {out / 'feedback'}"
+    )
     return rows
 
 
 def scores(course_root: Path) -> list[dict]:
-    """One row per graded (student, assignment) from the gradebook."""
+    """One row per (student, assignment) that was graded or failed: the gradebook's scores with the
+    submission's status (graded / failed: why), whether it ran in the sandbox, and what needs review."""
     from nbgrader.api import Gradebook
 
-    rows = []
-    url = f"sqlite:///{Path(course_root).resolve() / 'gradebook.db'}"
-    with Gradebook(url) as gb:
+    root = Path(course_root).resolve()
+    rows = {}
+    with Gradebook(f"sqlite:///{root / 'gradebook.db'}") as gb:
         for assignment in gb.assignments:
             for sub in assignment.submissions:
-                rows.append(
-                    dict(
-                        student=sub.student.id,
-                        assignment=assignment.name,
-                        score=sub.score,
-                        max_score=sub.max_score,
-                        needs_manual_grade=sub.needs_manual_grade,
-                    )
+                rows[(sub.student.id, assignment.name)] = dict(
+                    student=sub.student.id,
+                    assignment=assignment.name,
+                    score=sub.score,
+                    max_score=sub.max_score,
+                    needs_manual_grade=sub.needs_manual_grade,
                 )
-    return sorted(rows, key=lambda r: (r["student"], r["assignment"]))
+    for path in sorted((root / STATUS).glob("*/*/status.json")):
+        student, assignment = path.parent.parent.name, path.parent.name
+        status = read_status(root, student, assignment) or {}
+        row = rows.setdefault(
+            (student, assignment),
+            dict(student=student, assignment=assignment, score="", max_score="", needs_manual_grade=""),
+        )
+        state = status.get("status", "")
+        last = (status.get("reason") or "unknown").strip().splitlines()[-1:] or ["unknown"]
+        row["status"] = f"failed: {last[0]}" if state == "failed" else state
+        row["sandboxed"] = "yes" if status.get("sandboxed") else "NO (--unsandboxed)"
+        row["review"] = "; ".join(status.get("review", []))
+    for row in rows.values():
+        row.setdefault("status", "graded (no status: graded before lora101 kept one)")
+        row.setdefault("sandboxed", "unknown")
+        row.setdefault("review", "")
+    return sorted(rows.values(), key=lambda r: (r["student"], r["assignment"]))

@@ -3,84 +3,60 @@ feedback without hidden tests. ``exercises/nbgrader_config.py`` and every gradin
 
 from __future__ import annotations
 
-from functools import cache
+from dataclasses import dataclass
 from pathlib import Path
 
 from lora101.grading.feedback import configure_feedback
 
 CELL_TIMEOUT_S = 30
 MAX_OUTPUT_LINES = 200
+SUBMISSION_BUDGET_S = 600
 COURSE_DIR = Path(__file__).resolve().parents[2] / "exercises"
 
 
-@cache
+@dataclass(frozen=True)
+class Options:
+    """How each submission is run: per-cell timeout, sandbox and its limits, the notebook's time budget."""
+
+    cell_timeout: int = CELL_TIMEOUT_S
+    sandbox: bool = True
+    limits: dict | None = None
+    budget: float = SUBMISSION_BUDGET_S
+
+    def api_kwargs(self) -> dict:
+        return dict(
+            cell_timeout=self.cell_timeout, sandbox=self.sandbox, limits=self.limits, budget=self.budget
+        )
+
+
+DEFAULT_OPTIONS = Options()
+
+
 def robust_execute():
-    """The ``RobustExecute`` preprocessor class (built on first use: importing nbgrader takes a second, and
-    ``lora101 --help`` should not pay for it)."""
-    from nbclient.exceptions import DeadKernelError
-    from nbformat import NotebookNode
-    from nbgrader.preprocessors import Execute
-
-    class RobustExecute(Execute):
-        """nbgrader's ``Execute``, surviving a kernel that dies in a cell.
-
-        nbgrader gives up on the whole submission when the kernel dies (``DeadKernelError``: no grades at all).
-        Here the cell that killed it gets an error output (so its tests fail for want of its definitions), a
-        fresh kernel is started, the code cells above it are re-run silently (skipping any that killed the
-        kernel too), and execution goes on.
-        """
-
-        def preprocess(self, nb, resources=None, km=None):
-            self._killers: set[int] = set()
-            return super().preprocess(nb, resources, km)
-
-        def preprocess_cell(self, cell, resources, index):
-            try:
-                return super().preprocess_cell(cell, resources, index)
-            except DeadKernelError:
-                self.log.warning(
-                    "cell %d killed the kernel; restarting it and re-running the cells above", index
-                )
-                self._killers.add(index)
-                cell.outputs = [
-                    NotebookNode(
-                        output_type="error",
-                        ename="DeadKernelError",
-                        evalue="the kernel died while running this cell",
-                        traceback=[
-                            "DeadKernelError: the kernel died while running this cell (os._exit, a crash, "
-                            "running out of memory...); grading restarted it and went on."
-                        ],
-                    )
-                ]
-                self._restart()
-                for i, earlier in enumerate(self.nb.cells[:index]):
-                    if earlier.cell_type == "code" and i not in self._killers:
-                        self.execute_cell(earlier.copy(), i, store_history=False)
-                return cell, self.resources
-
-        def _restart(self) -> None:
-            from nbclient.util import run_sync
-
-            run_sync(self.km.restart_kernel)(now=True)
-            if self.kc is not None:
-                self.kc.stop_channels()
-            self.kc = self.km.client()
-            self.kc.start_channels()
-            run_sync(self.kc.wait_for_ready)(timeout=self.startup_timeout)
-            self.kc.allow_stdin = False
+    """The ``RobustExecute`` preprocessor class (``lora101.grading.execute``), imported on first use:
+    importing nbgrader takes a second, and ``lora101 --help`` should not pay for it."""
+    from lora101.grading.execute import RobustExecute
 
     return RobustExecute
 
 
 def grading_config(
-    course_root: Path, cell_timeout: int = CELL_TIMEOUT_S, max_output_lines: int = MAX_OUTPUT_LINES
+    course_root: Path,
+    cell_timeout: int = CELL_TIMEOUT_S,
+    max_output_lines: int = MAX_OUTPUT_LINES,
+    sandbox: bool = False,
+    limits: dict | None = None,
+    budget: float = SUBMISSION_BUDGET_S,
 ):
     """The nbgrader configuration for this course (what ``exercises/nbgrader_config.py`` uses too).
 
     ``course_root`` must be absolute; the exchange directory (unused here) goes inside it, so nothing is
-    written outside the course folder.
+    written outside the course folder. ``sandbox``: each kernel runs in ``lora101.grading.sandbox`` with
+    ``limits`` (a ``SandboxLimits`` as a dict; ``None``: the defaults); ``budget``: wall-clock seconds for a
+    whole notebook.
     """
+    if cell_timeout <= 0:
+        raise ValueError(f"--timeout {cell_timeout}: give a number of seconds above 0")
     from nbconvert.preprocessors import ClearMetadataPreprocessor
     from nbgrader.preprocessors import (
         AssignLatePenalties,
@@ -103,6 +79,15 @@ def grading_config(
     c.RobustExecute.iopub_timeout = 30
     c.RobustExecute.raise_on_iopub_timeout = False
     c.RobustExecute.timeout = int(cell_timeout)
+    c.RobustExecute.submission_budget = float(budget)
+    if sandbox:
+        from lora101.grading.sandbox import SandboxKernelManager
+
+        c.RobustExecute.kernel_manager_class = SandboxKernelManager
+        if limits:
+            c.SandboxKernelManager.limits = dict(limits)
+    # The executor's findings (tampering, a kernel that died twice) travel in the notebook's metadata.
+    c.ClearMetadataPreprocessor.preserve_nb_metadata_mask = {("language_info", "name"), ("lora101",)}
     c.OverwriteCells.add_missing_cells = True
     c.LimitOutput.max_lines = int(max_output_lines)
     c.LimitOutput.max_traceback = 60

@@ -5,8 +5,11 @@ hidden tests included, and the full traceback of a failing one (an open upstream
 jupyter/nbgrader#860). Here, for feedback only (the autograded notebook and the gradebook keep everything):
 
 - ``HideHiddenTests`` replaces the lines between ``### BEGIN HIDDEN TESTS`` and ``### END HIDDEN TESTS`` of a
-  test cell by one comment, and cuts a failing test cell's traceback to its last line (``AssertionError: the
-  message``): IPython tracebacks quote the failing line, which would be a hidden one.
+  test cell by one comment, and its output by "passed" or the error's name and message (withheld when it
+  quotes a hidden line): IPython tracebacks quote the failing line, and a student's function can print or
+  raise the cell's own source.
+- ``SafeOutputs`` keeps outputs as text and images only (no HTML or JavaScript from ``display``), cut to
+  ``CELL_BYTES`` a cell and ``NOTEBOOK_BYTES`` a page; the exporter sanitises markdown (``sanitize_html``).
 - ``GetGradesWithStatus`` (nbgrader's ``GetGrades``) marks an answer that still needs a hand grade and has
   none, and the template (``FEEDBACK_TEMPLATE``, extending nbgrader's feedback template) writes
   "awaiting grading" instead of "Score: 0.0 / 2.0" and says how many points await grading in the heading.
@@ -19,6 +22,10 @@ from __future__ import annotations
 from functools import cache
 
 HIDDEN_PLACEHOLDER = "# (hidden tests: they ran when this notebook was graded; their code is not shown)"
+CELL_BYTES = 20_000  # of text output a cell shows in feedback
+NOTEBOOK_BYTES = 400_000  # of text output a whole feedback page shows
+MESSAGE_CHARS = 500  # of a failing hidden test's message
+SAFE_MIME = ("text/plain", "image/png", "image/jpeg")
 
 # nbgrader 0.9.6's feedback template (template_name 'feedback', which nbgrader's GenerateFeedback sets: its
 # folder comes first on the search path, so 'index.html.j2' is that template) is extended. Its blocks that
@@ -174,6 +181,67 @@ def hide_hidden_tests(source: str, begin: str = "BEGIN HIDDEN TESTS", end: str =
     return "\n".join(kept)
 
 
+def hidden_lines(source: str, begin: str = "BEGIN HIDDEN TESTS", end: str = "END HIDDEN TESTS") -> list[str]:
+    """The stripped, non-trivial lines of ``source``'s hidden-test regions."""
+    lines, hidden = [], False
+    for line in source.splitlines():
+        if begin in line:
+            hidden = True
+        elif end in line:
+            hidden = False
+        elif hidden and len(line.strip()) >= 8:
+            lines.append(line.strip())
+    return lines
+
+
+def test_outcome(outputs: list, hidden: list[str]):
+    """One output for a test cell with hidden tests: "passed", or the error's name and message (withheld
+    when it quotes a hidden line, cut to ``MESSAGE_CHARS``)."""
+    from nbformat import NotebookNode
+
+    errors = [o for o in outputs if o.get("output_type") == "error"]
+    if not errors:
+        return NotebookNode(output_type="stream", name="stdout", text="passed\n")
+    ename, message = errors[-1].get("ename", "Error"), str(errors[-1].get("evalue", ""))
+    if any(line in message for line in hidden):
+        message = "(message withheld: it quotes the hidden tests)"
+    message = message[:MESSAGE_CHARS] + (" ..." if len(message) > MESSAGE_CHARS else "")
+    return NotebookNode(output_type="error", ename=ename, evalue=message, traceback=[f"{ename}: {message}"])
+
+
+def _cut(text: str, limit: int) -> str:
+    data = text.encode("utf-8", "replace")
+    if len(data) <= limit:
+        return text
+    return data[: max(limit, 0)].decode("utf-8", "ignore") + f"\n... (cut: {len(data):,} bytes in all)\n"
+
+
+def safe_outputs(outputs: list, left: int) -> tuple[list, int]:
+    """``outputs`` reduced to text and images within ``CELL_BYTES`` and the ``left`` bytes of the notebook's
+    budget; returns them and what is left of the budget."""
+    kept, budget = [], min(CELL_BYTES, left)
+    for output in outputs:
+        kind = output.get("output_type")
+        if kind == "stream":
+            output["text"] = _cut(output.get("text", ""), budget)
+            budget -= len(output["text"].encode())
+        elif kind == "error":
+            output["traceback"] = [_cut("\n".join(output.get("traceback", [])), budget)]
+            budget -= len(output["traceback"][0].encode())
+        elif kind in ("display_data", "execute_result"):
+            data = {k: v for k, v in output.get("data", {}).items() if k in SAFE_MIME}
+            if "text/plain" in data:
+                data["text/plain"] = _cut(str(data["text/plain"]), budget)
+                budget -= len(data["text/plain"].encode())
+            if not data:
+                data = {"text/plain": "(output not shown in feedback: HTML or scripts are not rendered here)"}
+            output["data"], output["metadata"] = data, {}
+        kept.append(output)
+        if budget <= 0:
+            break
+    return kept, left - (min(CELL_BYTES, left) - max(budget, 0))
+
+
 @cache
 def preprocessors() -> list:
     """``[GetGradesWithStatus, HideHiddenTests]``: nbgrader preprocessors for ``GenerateFeedback``."""
@@ -198,7 +266,9 @@ def preprocessors() -> list:
                 resources["nbgrader"]["awaiting_points"] += float(grade.max_score or 0)
 
     class HideHiddenTests(NbGraderPreprocessor):
-        """Feedback only: a test cell's hidden tests become one comment, its traceback the final message."""
+        """Feedback only: a test cell's hidden tests become one comment, and its output only "passed" or
+        the error's name and message (anything the cell printed could quote the hidden tests: a student's
+        function can read the cell's source from IPython's history and print it, or raise it)."""
 
         def preprocess_cell(self, cell, resources, index):
             if cell.cell_type != "code" or not is_grade(cell) or is_solution(cell):
@@ -207,13 +277,25 @@ def preprocessors() -> list:
             begin, end = delimiters.begin_test_delimeter, delimiters.end_test_delimeter
             if begin not in cell.source:
                 return cell, resources
+            hidden = hidden_lines(cell.source, begin, end)
             cell.source = hide_hidden_tests(cell.source, begin, end)
-            for output in cell.get("outputs", []):
-                if output.get("output_type") == "error":
-                    output["traceback"] = [f"{output.get('ename', 'Error')}: {output.get('evalue', '')}"]
+            cell.outputs = [test_outcome(cell.get("outputs", []), hidden)]
             return cell, resources
 
-    return [GetGradesWithStatus, HideHiddenTests]
+    class SafeOutputs(NbGraderPreprocessor):
+        """Feedback only: outputs kept as plain text or images (no HTML, JavaScript or markdown a student's
+        code displayed), each cell's text cut to ``CELL_BYTES`` and the notebook's to ``NOTEBOOK_BYTES``."""
+
+        def preprocess(self, nb, resources):
+            self._left = NOTEBOOK_BYTES
+            return super().preprocess(nb, resources)
+
+        def preprocess_cell(self, cell, resources, index):
+            if cell.cell_type == "code":
+                cell.outputs, self._left = safe_outputs(cell.get("outputs", []), self._left)
+            return cell, resources
+
+    return [GetGradesWithStatus, HideHiddenTests, SafeOutputs]
 
 
 @cache
@@ -224,6 +306,10 @@ def feedback_exporter():
     from traitlets import default
 
     class FeedbackExporter(HTMLExporter):
+        @default("sanitize_html")
+        def _sanitize_html_default(self):
+            return True  # a student's markdown answer is theirs; a <script> in it must not run for anyone
+
         @default("raw_template")
         def _raw_template_default(self):
             return FEEDBACK_TEMPLATE

@@ -17,7 +17,7 @@ import shutil
 import warnings
 from pathlib import Path
 
-GRADED_FOLDERS = ("submitted", "autograded", "feedback")
+GRADED_FOLDERS = ("submitted", "autograded", "feedback", "status")
 GRADE_FIELDS = ("auto_score", "manual_score", "extra_credit", "needs_manual_grade")
 MANUAL_GRADE_FIELDS = ("manual_score", "extra_credit", "needs_manual_grade")
 STUDENT_FIELDS = ("first_name", "last_name", "email", "lms_user_id")
