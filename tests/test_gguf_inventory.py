@@ -76,3 +76,21 @@ def test_the_course_cache_is_the_gguf_rounded_to_bf16():
 def test_dequantized_tensor_names_a_missing_tensor():
     with pytest.raises(KeyError, match="name"):
         gi.dequantized_tensor("no.such.tensor")
+
+
+def test_by_type_weights_the_mean_by_blocks_not_by_tensors():
+    def info(name, kind, n, distinct_mean, distinct_max, block=32):
+        return gi.TensorInfo(name, kind, (n,), n, n // 2, block, distinct_mean, distinct_max)
+
+    infos = [
+        info("a", "Q4_1", 64, 10.0, 12),
+        info("b", "Q4_1", 192, 14.0, 16),
+        info("n", "F32", 8, 1.0, 1, block=1),
+    ]
+    summary = gi.by_type(infos)
+    assert summary["Q4_1"]["tensors"] == 2 and summary["Q4_1"]["elements"] == 256
+    assert summary["Q4_1"]["distinct_mean"] == pytest.approx((2 * 10 + 6 * 14) / 8)  # 2 and 6 blocks
+    assert summary["Q4_1"]["distinct_max"] == 16 and summary["Q4_1"]["examples"] == ["a", "b"]
+    assert infos[0].bits_per_weight == 4.0
+    lines = gi.format_by_type(infos).splitlines()
+    assert len(lines) == 3 and lines[1].startswith("Q4_1") and lines[2].startswith("F32")
