@@ -18,8 +18,9 @@ device-agnostic torch; it is tested on the CPU only (this course's CI has no GPU
 Public API:
 
 * codebooks: :func:`nf4_codebook`, :func:`fp4_codebook`, :func:`int4_codebook`, :func:`dynamic_codebook`;
-* :class:`QuantState`, :func:`quantize_4bit`, :func:`dequantize_4bit` and the named variants
-  :func:`quantize_nf4`, :func:`quantize_fp4`, :func:`quantize_int4`, :func:`dequantize_nf4`;
+* :class:`QuantState`, :func:`quantize_4bit`, :func:`dequantize_4bit` (and :func:`dequantize_4bit_plain`, the
+  same bits in a form ``torch.compile`` traces) and the named variants :func:`quantize_nf4`,
+  :func:`quantize_fp4`, :func:`quantize_int4`, :func:`dequantize_nf4`;
 * :func:`pack_4bit`, :func:`unpack_4bit`, :func:`quantize_blockwise_8bit`, :func:`dequantize_blockwise_8bit`;
 * accounting: :func:`bits_per_parameter`, :func:`weights_memory_bytes`, :func:`reconstruction_error`,
   :func:`code_entropy`;
@@ -54,6 +55,7 @@ __all__ = [
     "quantize_fp4",
     "quantize_int4",
     "dequantize_nf4",
+    "dequantize_4bit_plain",
     "pack_4bit",
     "unpack_4bit",
     "quantize_blockwise_8bit",
@@ -210,6 +212,12 @@ def _check_weight(w: torch.Tensor, name: str = "w") -> None:
         )
     if w.numel() == 0:
         raise ValueError(f"{name} is empty (shape {tuple(w.shape)}): there is nothing to quantise")
+
+
+def _check_out_dtype(dtype: torch.dtype, name: str = "dtype") -> torch.dtype:
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"{name} must be a floating-point torch.dtype such as torch.float32, got {dtype!r}")
+    return dtype
 
 
 def _check_finite(w: torch.Tensor, absmax: torch.Tensor, name: str = "w") -> None:
@@ -405,14 +413,18 @@ def _count_below(scaled: torch.Tensor, midpoints: torch.Tensor) -> torch.Tensor:
     return count
 
 
-def dequantize_4bit(state: QuantState) -> torch.Tensor:
-    """A :class:`QuantState` -> the reconstructed tensor, of the original shape and dtype.
+def dequantize_4bit(state: QuantState, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A :class:`QuantState` -> the reconstructed tensor, of the original shape, in ``dtype`` (default: the
+    original dtype).
 
-    ``code[q] * absmax`` in float32, then cast (as bitsandbytes' CPU kernel). Works for NF4, FP4 and int4.
-    On the CPU the work is split into contiguous ranges, one per PyTorch thread (see :func:`_decode_range`).
+    ``code[q] * absmax`` in float32, then ONE cast to ``dtype`` (as bitsandbytes' ``dequantize_4bit(...,
+    dtype)``): ask for the dtype you compute in rather than casting the result again, which would round twice.
+    Works for NF4, FP4 and int4. On the CPU the work is split into contiguous ranges, one per PyTorch thread
+    (see :func:`_decode_range`).
     """
     if not isinstance(state, QuantState):
         raise TypeError(f"state must be a lora101.nf4.QuantState, got {type(state).__name__}")
+    dtype = _check_out_dtype(state.dtype if dtype is None else dtype)
     device = state.packed.device
     packed = state.packed
     if packed.numel() % 2 or packed.storage_offset() % 2 or not packed.is_contiguous():
@@ -422,7 +434,7 @@ def dequantize_4bit(state: QuantState) -> torch.Tensor:
     pairs = packed.view(torch.uint16)  # each entry: two bytes, four codes
     table = _two_byte_table(state.code_type, device)
     absmax = state.block_absmax()
-    out = torch.empty(4 * pairs.numel(), dtype=state.dtype, device=device)
+    out = torch.empty(4 * pairs.numel(), dtype=dtype, device=device)
     # Ranges start on chunk boundaries, so every chunk starts on a block boundary (chunks hold whole blocks).
     starts = list(range(0, pairs.numel(), _DECODE_CHUNK))
     workers = min(torch.get_num_threads(), len(starts)) if device.type == "cpu" else 1
@@ -498,6 +510,35 @@ def _scale_by_absmax_(values: torch.Tensor, absmax: torch.Tensor, first_block: i
     )
     if values.numel() > full * blocksize:
         values[full * blocksize :].mul_(absmax[first_block + full])
+
+
+def _lookup_scaled(
+    codes: torch.Tensor, table: torch.Tensor, absmax: torch.Tensor, blocksize: int
+) -> torch.Tensor:
+    """(n,) codes -> (n,) float32 ``table[code] * absmax[block]``; the last block may be partial."""
+    values = table[codes.long()]
+    n = values.numel()
+    full = n - n % blocksize
+    head = (values[:full].view(-1, blocksize) * absmax[: full // blocksize].unsqueeze(1)).reshape(-1)
+    if full == n:
+        return head
+    return torch.cat([head, values[full:] * absmax[full // blocksize]])
+
+
+def dequantize_4bit_plain(
+    state: QuantState, dtype: torch.dtype, code: torch.Tensor, code8: torch.Tensor | None = None
+) -> torch.Tensor:
+    """:func:`dequantize_4bit` in a few plain tensor operations, bit for bit the same result.
+
+    No threads, no cached tables, no questions about memory layout: what ``torch.compile`` can trace in one
+    graph. ``code`` is the (16,) table of ``state.code_type``, ``code8`` the (256,) :func:`dynamic_codebook`
+    when the state is double-quantised (pass them in: building them is not traceable). Slower in eager mode.
+    """
+    absmax = state.absmax
+    if state.double_quant:
+        absmax = _lookup_scaled(absmax, code8, state.absmax2, DOUBLE_QUANT_BLOCKSIZE) + state.offset
+    codes = torch.stack([state.packed >> 4, state.packed & 15], dim=-1).reshape(-1)[: state.numel]
+    return _lookup_scaled(codes, code, absmax, state.blocksize).to(dtype).view(state.shape)
 
 
 def quantize_nf4(w: torch.Tensor, blocksize: int = 64, double_quant: bool = False) -> QuantState:
@@ -576,10 +617,13 @@ def code_entropy(counts: torch.Tensor) -> float:
 class NF4Linear(nn.Module):
     """A frozen linear layer whose weight is stored in 4 bits: ``y = x @ dequantize(W).T + b``.
 
-    Shapes: ``x`` (..., in_features) -> (..., out_features); W is (out_features, in_features). The weight
-    is dequantised to the input's dtype on every call (as bitsandbytes' ``Linear4bit`` does); nothing here
-    trains. Wrap it in ``lora101.lora.LoRALinear`` to train a LoRA adapter on top: QLoRA.
-    The state tensors are buffers, so ``.to(device)`` and ``state_dict()`` carry them.
+    Shapes: ``x`` (..., in_features) -> (..., out_features); W is (out_features, in_features). On every call
+    the weight is de-quantised straight to the input's dtype, ``code[q] * absmax`` in float32 then ONE
+    rounding to x's dtype, and the bias cast to it: what bitsandbytes' ``Linear4bit`` (no ``compute_dtype``
+    set) computes on the CPU, bit for bit. The input must be floating point. Nothing here trains: wrap the
+    layer in ``lora101.lora.LoRALinear`` to train a LoRA adapter on top (QLoRA). The state tensors are buffers,
+    so ``.to(device)`` and ``state_dict()`` carry them. ``torch.compile(layer, fullgraph=True)`` works: while
+    compiling, the forward de-quantises with :func:`dequantize_4bit_plain` (same bits, traceable).
     """
 
     def __init__(
@@ -604,6 +648,11 @@ class NF4Linear(nn.Module):
         self.register_buffer("absmax", state.absmax)
         self.register_buffer("absmax2", state.absmax2)
         self.register_buffer("offset", state.offset)
+        # The look-up tables, for the traceable de-quantiser (not saved: they are computed, not learned).
+        device = state.packed.device
+        self.register_buffer("code", codebook(code_type).to(device), persistent=False)
+        code8 = dynamic_codebook().to(device) if double_quant else None
+        self.register_buffer("code8", code8, persistent=False)
         if bias is not None:
             if bias.shape != (self.out_features,):
                 raise ValueError(f"bias must have shape ({self.out_features},), got {tuple(bias.shape)}")
@@ -635,15 +684,23 @@ class NF4Linear(nn.Module):
             self.offset,
         )
 
-    def dequantized_weight(self) -> torch.Tensor:
-        """The (out_features, in_features) weight as the layer uses it, in its original dtype."""
-        return dequantize_4bit(self.state)
+    def dequantized_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The (out_features, in_features) weight in ``dtype`` (default: the dtype it was quantised from),
+        rounded once from float32."""
+        if torch.compiler.is_compiling():
+            return dequantize_4bit_plain(self.state, dtype or self.weight_dtype, self.code, self.code8)
+        return dequantize_4bit(self.state, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` (..., in_features) -> (..., out_features), in x's dtype."""
-        weight = self.dequantized_weight().to(x.dtype)
+        """``x`` (..., in_features), floating point -> (..., out_features), in x's dtype."""
+        if not isinstance(x, torch.Tensor) or not x.dtype.is_floating_point:
+            got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
+            raise TypeError(
+                f"x must be a floating-point tensor (float32, bfloat16 or float16), got {got}: the layer computes "
+                "in x's dtype. Token ids go through an embedding first; otherwise convert with x.float()"
+            )
         bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, weight, bias)
+        return F.linear(x, self.dequantized_weight(x.dtype), bias)
 
     def extra_repr(self) -> str:
         dq = ", double_quant" if self.absmax2 is not None else ""
