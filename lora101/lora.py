@@ -16,7 +16,10 @@ Public API:
 * :class:`LoRALinear` -- the layer (merge/unmerge, a ``merged`` flag);
 * :func:`inject_lora` -- wrap a model's matching linear layers in place (PEFT's target-name rule);
 * :func:`count_parameters`, :func:`lora_state_dict`, :func:`load_lora_state_dict`, :func:`merge_lora`;
-* :func:`save_peft_adapter` -- write PEFT's on-disk format, loadable by ``peft.PeftModel.from_pretrained``.
+* :func:`save_peft_adapter` -- write PEFT's on-disk format, loadable by ``peft.PeftModel.from_pretrained``;
+  :func:`load_peft_adapter` -- the reverse: a folder PEFT saved, into this module's layers;
+* :func:`disable_adapter` -- a context manager: the model computes as its base alone inside it
+  (``LoRALinear.disable_adapter()`` does the same for one layer).
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ import json
 import math
 import re
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +48,8 @@ __all__ = [
     "lora_layers",
     "peft_target_modules",
     "save_peft_adapter",
+    "load_peft_adapter",
+    "disable_adapter",
 ]
 
 
@@ -122,7 +128,12 @@ class LoRALinear(nn.Module):
     (zero overhead); ``unmerge()`` subtracts it again. Both compute in float32, so for a float32 base the
     round trip restores the weight to float rounding (about 1e-7 relative); a bf16/fp16 base rounds to its
     own precision. A base that is not a plain floating-point linear layer (a quantised one) cannot be merged
-    into: ``merge()`` raises ``TypeError`` ("dequantise first").
+    into: ``merge()`` raises ``TypeError`` ("dequantise first"). An update holding NaN or inf is refused
+    (``ValueError``, nothing changed), as PEFT's ``merge(safe_merge=True)`` does: merged in, it could never be
+    subtracted out again, and ``unmerge()`` could not restore the base.
+
+    ``with layer.disable_adapter(): ...`` computes the base layer alone inside the block (unmerging first if
+    merged, merging again on the way out).
     """
 
     def __init__(
@@ -146,6 +157,7 @@ class LoRALinear(nn.Module):
         self.lora_A = nn.Parameter(torch.empty(r, fin, device=device, dtype=torch.float32))
         self.lora_B = nn.Parameter(torch.zeros(fout, r, device=device, dtype=torch.float32))
         self.merged = False
+        self.disabled = False  # True inside disable_adapter(): the forward is the base layer alone
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -160,7 +172,7 @@ class LoRALinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (..., in_features) -> (..., out_features)."""
         result = self.base_layer(x)
-        if self.merged:
+        if self.merged or self.disabled:
             return result
         a = self.lora_A
         h = self.lora_dropout(x if x.dtype == a.dtype else x.to(a.dtype))
@@ -180,9 +192,23 @@ class LoRALinear(nn.Module):
 
     @torch.no_grad()
     def _fold(self, sign: int) -> None:
-        """Add (``sign`` 1) or subtract (-1) the update to the base weight, computing in float32."""
+        """Add (``sign`` 1) or subtract (-1) the update to the base weight, computing in float32; refuse (and
+        change nothing) if the update or the result is not finite."""
         weight = self._merge_target()
-        weight.copy_(weight.float() + sign * self.delta_weight().to(weight.device))
+        delta = self.delta_weight().to(weight.device)
+        if not bool(torch.isfinite(delta).all()):
+            bad = int((~torch.isfinite(delta)).sum())
+            raise ValueError(
+                f"the adapter is broken: scaling * B @ A holds {bad} NaN or infinite value(s) (lora_A or lora_B "
+                "holds NaN/inf, or overflowed); merged in, it could never be taken out again. Nothing was changed."
+            )
+        folded = (weight.float() + sign * delta).to(weight.dtype)
+        if not bool(torch.isfinite(folded).all()):
+            raise ValueError(
+                f"{'merging' if sign > 0 else 'unmerging'} would put NaN/inf into the base weight (overflow in "
+                f"{weight.dtype}, or a base weight that already holds NaN/inf). Nothing was changed."
+            )
+        weight.copy_(folded)
         self.merged = sign > 0
 
     def merge(self) -> None:
@@ -198,6 +224,23 @@ class LoRALinear(nn.Module):
             warnings.warn("LoRALinear.unmerge(): not merged; nothing to do", stacklevel=2)
             return
         self._fold(-1)
+
+    @contextmanager
+    def disable_adapter(self) -> Iterator[LoRALinear]:
+        """Inside ``with layer.disable_adapter():`` the layer computes its base alone; afterwards, as before.
+
+        A merged layer is unmerged on entry and merged again on exit (as PEFT unmerges a disabled layer).
+        """
+        was_merged, was_disabled = self.merged, self.disabled
+        if was_merged:
+            self.unmerge()
+        self.disabled = True
+        try:
+            yield self
+        finally:
+            self.disabled = was_disabled
+            if was_merged and not self.merged:
+                self.merge()
 
     def extra_repr(self) -> str:
         return (
@@ -397,6 +440,20 @@ def merge_lora(model: nn.Module, *, unload: bool = False) -> nn.Module:
     return model
 
 
+@contextmanager
+def disable_adapter(model: nn.Module) -> Iterator[nn.Module]:
+    """``with disable_adapter(model): ...`` runs the base model alone: every LoRA layer computes its base layer
+    only (merged ones are unmerged for the block and merged again after it). PEFT's
+    ``PeftModel.disable_adapter()`` for a model made with :func:`inject_lora`. Yields ``model``."""
+    layers = lora_layers(model)
+    if not layers:
+        raise ValueError("model has no LoRA layers: nothing to disable (call inject_lora first)")
+    with ExitStack() as stack:
+        for layer in layers.values():
+            stack.enter_context(layer.disable_adapter())
+        yield model
+
+
 # ------------------------------------------------------------------------------------------------
 # PEFT's on-disk format
 
@@ -475,3 +532,137 @@ def save_peft_adapter(
     save_file(tensors, str(files[1]), metadata={"format": "pt"})
     files[0].write_text(json.dumps(config, indent=2))
     return folder
+
+
+# Settings of a PEFT LoRA adapter that change what it computes beyond ``W x + scaling * B A x``.
+_PEFT_UNSUPPORTED = {
+    "use_dora": "DoRA",
+    "fan_in_fan_out": "Conv1D-style transposed weights",
+    "modules_to_save": "fully trained extra modules",
+    "layers_to_transform": "adapting only some layer indices",
+    "exclude_modules": "excluded module names",
+    "rank_pattern": "a different r for some layers",
+    "alpha_pattern": "a different alpha for some layers",
+    "lora_bias": "a trained bias in lora_B",
+    "trainable_token_indices": "trained embedding rows",
+    "layer_replication": "replicated layers",
+    "target_parameters": "adapted nn.Parameters",
+    "use_qalora": "QA-LoRA",
+    "alora_invocation_tokens": "activated LoRA",
+    "use_bdlora": "block-diagonal LoRA",
+    "megatron_config": "Megatron layers",
+}
+
+
+def _read_peft_folder(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(adapter_config.json as a dict, the tensors of adapter_model.safetensors); errors name the file."""
+    from safetensors.torch import load_file
+
+    config_file, weights_file = folder / "adapter_config.json", folder / "adapter_model.safetensors"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"folder: {folder} is not a folder (a PEFT adapter is a folder)")
+    if not config_file.is_file():
+        raise FileNotFoundError(
+            f"folder: {folder} has no adapter_config.json; is it a folder saved by PEFT's save_pretrained?"
+        )
+    if not weights_file.is_file():
+        bin_file = (
+            " (adapter_model.bin, pickled, is not read: re-save it with PEFT)"
+            * (folder / "adapter_model.bin").is_file()
+        )
+        raise FileNotFoundError(f"folder: {folder} has no adapter_model.safetensors{bin_file}")
+    try:
+        config = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{config_file} is not valid JSON ({err})") from None
+    if not isinstance(config, dict) or config.get("peft_type") != "LORA":
+        got = config.get("peft_type") if isinstance(config, dict) else type(config).__name__
+        raise ValueError(f"{config_file}: peft_type must be 'LORA' (a LoRA adapter), got {got!r}")
+    for key, what in _PEFT_UNSUPPORTED.items():
+        value = config.get(key)
+        if value not in (None, False, {}, [], "none"):
+            raise ValueError(
+                f"{config_file}: {key}={value!r} ({what}) is not plain LoRA, which is all LoRALinear computes; "
+                "load this adapter with peft.PeftModel.from_pretrained instead"
+            )
+    if config.get("bias", "none") != "none" or config.get("init_lora_weights", True) not in (
+        True,
+        False,
+        "gaussian",
+    ):
+        raise ValueError(
+            f"{config_file}: bias={config.get('bias')!r}, init_lora_weights={config.get('init_lora_weights')!r}: "
+            "lora101 loads adapters with bias='none' whose initialisation left the base weights unchanged"
+        )
+    return config, load_file(str(weights_file))
+
+
+def _peft_keys_to_ours(tensors: dict[str, torch.Tensor], folder: Path) -> dict[str, torch.Tensor]:
+    """PEFT's ``base_model.model.<path>.lora_A.weight`` -> ``<path>.lora_A`` (the form of :func:`lora_state_dict`)."""
+    state_dict = {}
+    for key, value in tensors.items():
+        match = re.fullmatch(r"base_model\.model\.(.+)\.lora_([AB])(?:\.default)?\.weight", key)
+        if match is None:
+            raise ValueError(
+                f"folder: {folder}: tensor {key!r} is not a LoRA A or B matrix (expected "
+                "'base_model.model.<module path>.lora_A.weight'); lora101 loads plain LoRA adapters only"
+            )
+        state_dict[f"{match[1]}.lora_{match[2]}"] = value
+    return state_dict
+
+
+def _check_peft_fits(
+    model: nn.Module, config: dict, state_dict: dict[str, torch.Tensor], folder: Path
+) -> None:
+    """Before injecting: the adapter's layers are exactly those target_modules matches, with matching shapes."""
+    targets = _normalise_targets(config.get("target_modules") or "")
+    matched = {n: m for n, m in model.named_modules() if n and _matches(n, targets)}
+    paths = {k.rsplit(".", 1)[0] for k in state_dict}
+    if paths != set(matched):
+        missing, extra = sorted(set(matched) - paths), sorted(paths - set(matched))
+        raise ValueError(
+            f"folder: {folder}: the adapter does not fit this model: target_modules {targets!r} matches "
+            f"{len(matched)} modules; tensors missing for {missing[:3]}, tensors for unknown modules {extra[:3]}. "
+            "Was it trained on another base model?"
+        )
+    r = config["r"]
+    for name, module in matched.items():
+        fin, fout = _features(module)
+        for ab, shape in (("A", (r, fin)), ("B", (fout, r))):
+            got = tuple(state_dict[f"{name}.lora_{ab}"].shape)
+            if got != shape:
+                raise ValueError(
+                    f"folder: {folder}: {name}.lora_{ab} has shape {got}, a {fout}x{fin} layer with r={r} needs {shape}"
+                )
+
+
+def load_peft_adapter(model: nn.Module, folder: str | Path) -> nn.Module:
+    """Load a LoRA adapter folder saved by PEFT (``adapter_config.json`` + ``adapter_model.safetensors``).
+
+    A model with no LoRA layers gets them first, from the folder's ``target_modules``, ``r``, ``lora_alpha``,
+    ``lora_dropout`` and ``use_rslora`` (:func:`inject_lora`); a model that has them (same r, alpha, rsLoRA)
+    is filled in; new layers take the model's train/eval mode. Then it computes what
+    ``peft.PeftModel.from_pretrained(model, folder)`` computes (which returns it in eval mode). Plain LoRA
+    only: settings such as DoRA or ``modules_to_save`` are refused by name, and so is an adapter whose
+    layers or shapes do not fit ``model`` (checked before anything changes). Returns ``model``.
+    """
+    folder = Path(folder)
+    config, tensors = _read_peft_folder(folder)
+    state_dict = _peft_keys_to_ours(tensors, folder)
+    r, alpha = config.get("r"), config.get("lora_alpha")
+    dropout, rslora = config.get("lora_dropout") or 0.0, bool(config.get("use_rslora", False))
+    layers = lora_layers(model)
+    if layers:
+        differ = [n for n, m in layers.items() if (m.r, m.alpha, m.use_rslora) != (r, alpha, rslora)]
+        if differ:
+            raise ValueError(
+                f"folder: {folder} holds an adapter with r={r}, lora_alpha={alpha}, use_rslora={rslora}; layer "
+                f"{differ[0]!r} has other settings. Load it into a fresh model (inject_lora is then done for you)"
+            )
+    else:
+        _check_hyper(r, alpha, dropout, 1 << 30, 1 << 30)  # the numbers themselves; each layer's limit below
+        _check_peft_fits(model, config, state_dict, folder)
+        inject_lora(model, config["target_modules"], r, alpha, dropout, use_rslora=rslora)
+        for layer in lora_layers(model).values():
+            layer.train(model.training)  # new dropout modules start in training mode; follow the model's
+    return load_lora_state_dict(model, state_dict)

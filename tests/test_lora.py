@@ -13,8 +13,10 @@ import lora101  # noqa: F401  (before peft/bitsandbytes: silences bitsandbytes' 
 from lora101.lora import (
     LoRALinear,
     count_parameters,
+    disable_adapter,
     inject_lora,
     load_lora_state_dict,
+    load_peft_adapter,
     lora_layers,
     lora_state_dict,
     merge_lora,
@@ -40,7 +42,9 @@ def _peft_layer(ours: LoRALinear):
     from peft.tuners.lora import Linear as PeftLinear
 
     cfg = LoraConfig(r=ours.r, lora_alpha=ours.alpha, use_rslora=ours.use_rslora, target_modules=["x"])
-    theirs = PeftLinear(copy.deepcopy(ours.base_layer), "default", config=cfg, r=ours.r, lora_alpha=ours.alpha)
+    theirs = PeftLinear(
+        copy.deepcopy(ours.base_layer), "default", config=cfg, r=ours.r, lora_alpha=ours.alpha
+    )
     with torch.no_grad():
         theirs.lora_A["default"].weight.copy_(ours.lora_A)
         theirs.lora_B["default"].weight.copy_(ours.lora_B)
@@ -70,7 +74,9 @@ def test_fresh_adapter_changes_nothing_and_init_is_kaiming_like_peft():
     x = torch.randn(5, 64)
     torch.testing.assert_close(layer(x), base(x), atol=0, rtol=0)
     assert torch.count_nonzero(layer.lora_B) == 0
-    bound = 1 / 64**0.5  # kaiming_uniform_(a=sqrt(5)) on a (r, 64) matrix draws from U(-1/sqrt(64), 1/sqrt(64))
+    bound = (
+        1 / 64**0.5
+    )  # kaiming_uniform_(a=sqrt(5)) on a (r, 64) matrix draws from U(-1/sqrt(64), 1/sqrt(64))
     assert layer.lora_A.abs().max() <= bound and layer.lora_A.abs().max() > 0.8 * bound
     assert layer.lora_A.shape == (8, 64) and layer.lora_B.shape == (32, 8)
 
@@ -92,6 +98,55 @@ def test_merge_unmerge_round_trip():
     torch.testing.assert_close(layer(x), before, atol=1e-6, rtol=0)
     with pytest.warns(UserWarning, match="not merged"):
         layer.unmerge()
+
+
+def test_merging_a_broken_adapter_is_refused_and_the_base_kept():
+    """NaN or inf in A or B: merge() refuses and changes nothing, so the base can always be had back."""
+    layer = _layer()
+    original = layer.base_layer.weight.detach().clone()
+    with torch.no_grad():
+        layer.lora_A[1, 2] = float("nan")  # one column of B @ A: 40 values
+    with pytest.raises(ValueError, match="adapter is broken: scaling \\* B @ A holds 40 NaN"):
+        layer.merge()
+    assert not layer.merged and torch.equal(layer.base_layer.weight, original)
+
+
+def test_disable_adapter_gives_the_base_and_restores_a_merge():
+    """Inside the context manager the base alone (a merged layer unmerged); after it, exactly as before."""
+    layer = _layer(r=3, alpha=7.0)
+    x = torch.randn(4, 48)
+    with torch.no_grad():
+        adapted, base = layer(x), layer.base_layer(x)
+        with layer.disable_adapter() as same:
+            assert same is layer and layer.disabled
+            torch.testing.assert_close(layer(x), base, atol=0, rtol=0)
+        assert not layer.disabled and torch.equal(layer(x), adapted)
+        layer.merge()
+        with disable_adapter(nn.Sequential(layer)):
+            assert not layer.merged
+            torch.testing.assert_close(layer(x), base, atol=1e-6, rtol=0)
+        assert layer.merged
+        torch.testing.assert_close(layer(x), adapted, atol=1e-5, rtol=0)
+
+
+def test_save_then_load_peft_adapter_round_trip(tmp_path):
+    """What save_peft_adapter writes, load_peft_adapter reads back into a fresh model: same outputs."""
+    torch.manual_seed(0)
+    model = inject_lora(Tiny(), ["q_proj", "mlp.0"], r=2, alpha=3, use_rslora=True)
+    fresh = copy.deepcopy(model)
+    for layer in lora_layers(model).values():
+        with torch.no_grad():
+            layer.lora_B.normal_()
+    save_peft_adapter(model, tmp_path / "a")
+    plain = Tiny()
+    plain.load_state_dict(
+        {k.replace(".base_layer", ""): v for k, v in fresh.state_dict().items() if "lora_" not in k}
+    )
+    loaded = load_peft_adapter(plain, tmp_path / "a")
+    x = torch.randn(3, 8)
+    for name in ("block.q_proj", "block.mlp.0"):
+        torch.testing.assert_close(loaded.get_submodule(name)(x), model.get_submodule(name)(x))
+    assert {m.use_rslora for m in lora_layers(loaded).values()} == {True}
 
 
 def test_gradients_flow_only_into_A_and_B():
@@ -225,7 +280,12 @@ def test_state_dict_round_trip_and_strict_loading(tmp_path):
         with torch.no_grad():
             layer.lora_B.normal_()
     sd = lora_state_dict(model)
-    assert set(sd) == {"block.q_proj.lora_A", "block.q_proj.lora_B", "block.mlp.0.lora_A", "block.mlp.0.lora_B"}
+    assert set(sd) == {
+        "block.q_proj.lora_A",
+        "block.q_proj.lora_B",
+        "block.mlp.0.lora_A",
+        "block.mlp.0.lora_B",
+    }
     other = inject_lora(Tiny(), ["q_proj", "mlp.0"], r=2, alpha=3)
     load_lora_state_dict(other, sd)
     for k, v in lora_state_dict(other).items():
@@ -259,7 +319,9 @@ def test_trainable_parameter_counts_match_peft_on_smollm2(smollm2, targets, r):
     from peft import LoraConfig, get_peft_model
 
     ours = count_parameters(inject_lora(copy.deepcopy(smollm2), targets, r=r, alpha=2 * r))
-    peft_model = get_peft_model(copy.deepcopy(smollm2), LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets))
+    peft_model = get_peft_model(
+        copy.deepcopy(smollm2), LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets)
+    )
     assert tuple(ours) == peft_model.get_nb_trainable_parameters()
     assert ours.total == 134_515_008 + ours.trainable
 
