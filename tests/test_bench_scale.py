@@ -122,3 +122,39 @@ def test_a_failed_download_on_colab_names_the_address_and_what_to_do(tmp_path, m
         FileNotFoundError, match=r"could not download https://.*memory_at_scale\.json.*results/"
     ):
         scale.load_stored("memory_at_scale.json")
+
+
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="asks for CUDA on a machine without it")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["nf4", "--size", "0"], "--size: must be a positive multiple of 8"),
+        (["nf4", "--repeats", "0"], "--repeats: must be a positive integer"),
+        (["nf4", "--layers", "99"], "--layers: give integers from 0 to 29"),
+        (["nf4", "--dtypes", "float8"], "--dtypes: unknown dtype"),
+        (["nf4", "--device", "tpu9"], "--device: 'tpu9' is not a torch device"),
+        pytest.param(["nf4", "--device", "cuda"], "--device: 'cuda' was asked for", marks=NO_CUDA),
+        (["lora", "--r", "0"], "--r: must be a positive integer"),
+        (["lora", "--repeats", "0"], "--repeats: must be a positive integer"),
+        (["lora", "--shapes", "5x"], "--shapes: expected a list"),
+        pytest.param(["lora", "--device", "cuda"], "--device: 'cuda' was asked for", marks=NO_CUDA),
+        (["scale", "--seq-len", "0"], "--seq-len: must be a positive integer"),
+        (["scale", "--device", "tpu9"], "--device: 'tpu9' is not a torch device"),
+        (["finetune", "--steps", "0"], "--steps: must be a positive integer"),
+        (["finetune", "--variants", "qlora,x"], "--variants: unknown ['x']"),
+    ],
+)
+def test_every_benchmarks_bad_option_is_one_line_and_exit_2(capsys, argv, message):
+    assert main(["bench", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err == f"lora101 bench {argv[0]}: error: {err.split(': error: ', 1)[1]}" and err.count("\n") == 1
+    assert message in err and "Traceback" not in err, err
+
+
+def test_bench_scale_never_replaces_an_existing_output(tmp_path, capsys):
+    out = tmp_path / "kept.json"
+    out.write_text('{"mine": true}')
+    assert main(["bench", "scale", "--sizes", "tiny", "--output", str(out)]) == 2
+    assert "--output: " in capsys.readouterr().err and out.read_text() == '{"mine": true}'

@@ -12,10 +12,19 @@ from lora101.tasks.contracts import build_messages
 pytestmark = pytest.mark.slow
 
 # Short made-up pairs: cheap to train on, and impossible to answer without learning them.
-PAIRS = [(f"Code word for {w}?", c) for w, c in [
-    ("apple", "ZEBRA-7"), ("river", "QUARTZ-2"), ("cloud", "MANGO-9"), ("stone", "VIOLET-4"),
-    ("train", "ORBIT-1"), ("piano", "LEMON-5"), ("tiger", "COMET-3"), ("glass", "BISON-8"),
-]]
+PAIRS = [
+    (f"Code word for {w}?", c)
+    for w, c in [
+        ("apple", "ZEBRA-7"),
+        ("river", "QUARTZ-2"),
+        ("cloud", "MANGO-9"),
+        ("stone", "VIOLET-4"),
+        ("train", "ORBIT-1"),
+        ("piano", "LEMON-5"),
+        ("tiger", "COMET-3"),
+        ("glass", "BISON-8"),
+    ]
+]
 
 
 def _dataset(tokenizer):
@@ -31,7 +40,9 @@ def _mean_loss(model, tokenizer, dataset) -> float:
 
 
 def _logits(model, tokenizer) -> torch.Tensor:
-    enc = tokenizer([build_messages(p)[1]["content"] for p, _ in PAIRS[:3]], return_tensors="pt", padding=True)
+    enc = tokenizer(
+        [build_messages(p)[1]["content"] for p, _ in PAIRS[:3]], return_tensors="pt", padding=True
+    )
     with torch.no_grad():
         return model(**enc).logits.float()
 
@@ -44,8 +55,17 @@ def trained(base_model_dir, tmp_path_factory):
     tokenizer = load_tokenizer()
     ds = _dataset(tokenizer)
     # alpha != rank on purpose: a scaling of 1 would hide a lost "* alpha / r" in save/merge paths
-    config = ft.FinetuneConfig(rank=4, alpha=16, steps=8, batch_size=4, lr=3e-3, warmup_steps=1,
-                               save_steps=4, logging_steps=1, device="cpu")
+    config = ft.FinetuneConfig(
+        rank=4,
+        alpha=16,
+        steps=8,
+        batch_size=4,
+        lr=3e-3,
+        warmup_steps=1,
+        save_steps=4,
+        logging_steps=1,
+        device="cpu",
+    )
     model = ft.add_lora(ft.load_base(precision="nf4", device="cpu"), config.rank, config.alpha)
     before = _mean_loss(model, tokenizer, ds)
     out = tmp_path_factory.mktemp("run")
@@ -99,7 +119,9 @@ def test_merge_into_dequantized_base_matches_the_adapter_model(trained, tmp_path
     # against the original (never quantised) weights the gap is NF4's quantisation error: larger
     original = ft.merge_adapter(folder, dtype="fp32", device="cpu", base="original")
     diff_orig = float((_logits(original, tok) - want).abs().max())
-    print(f"max |logit diff|: merged into de-quantised base {diff_deq:.3f}, into original base {diff_orig:.3f}")
+    print(
+        f"max |logit diff|: merged into de-quantised base {diff_deq:.3f}, into original base {diff_orig:.3f}"
+    )
     assert diff_orig > 2 * diff_deq, (diff_orig, diff_deq)
 
 
@@ -109,7 +131,9 @@ def test_answer_only_logits_give_the_same_loss_and_gradients(trained):
     rows = [_dataset(tokenizer)[i] for i in range(4)]
     full, kept = ft.collator(tokenizer)(rows), ft.training_collator(tokenizer)(rows)
     n_answer = int((kept["labels"] != -100).sum())
-    assert int(kept["logits_to_keep"].sum()) == n_answer < kept["labels"].numel() // 2  # the prompt is most of it
+    assert (
+        int(kept["logits_to_keep"].sum()) == n_answer < kept["labels"].numel() // 2
+    )  # the prompt is most of it
 
     def loss_and_grads(loss_fn):
         model.zero_grad()
@@ -127,7 +151,9 @@ def test_answer_only_logits_give_the_same_loss_and_gradients(trained):
     model.eval()
     assert got == pytest.approx(want, rel=1e-5)
     # the Trainer divides by the answer tokens of the whole accumulated step when it passes their count
-    assert float(ft.answer_loss(outputs, labels, num_items_in_batch=2 * n_answer)) == pytest.approx(want / 2, rel=1e-5)
+    assert float(ft.answer_loss(outputs, labels, num_items_in_batch=2 * n_answer)) == pytest.approx(
+        want / 2, rel=1e-5
+    )
     for name, grad in want_grads.items():
         torch.testing.assert_close(got_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
     # transformers before 5.23 cannot take the mask: every position is projected, and answer_loss picks the

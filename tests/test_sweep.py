@@ -37,18 +37,21 @@ def test_targets_compared_at_equal_parameter_budget():
     assert runs[QV].rank == 16 and runs[ALL_LINEAR].rank in (3, 16)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(steps=0), "steps: must be a positive integer"),
-    (dict(batch_size=1.5), "batch_size: must be a positive integer"),
-    (dict(lr=0), "lr: must be a learning rate"),
-    (dict(full_lr=2.0), "full_lr: must be a learning rate"),
-    (dict(noise=0), "noise: must be a fraction"),
-    (dict(threads=-1), "threads: must be an integer >= 0"),
-    (dict(eval_examples=5000), "eval_examples: must be at most 2000"),
-    (dict(seeds=()), "seeds: must be distinct integers"),
-    (dict(seeds=(1, 1)), "seeds: must be distinct integers"),
-    (dict(seeds=(0, -2)), "seeds: must be distinct integers"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(steps=0), "steps: must be a positive integer"),
+        (dict(batch_size=1.5), "batch_size: must be a positive integer"),
+        (dict(lr=0), "lr: must be a learning rate"),
+        (dict(full_lr=2.0), "full_lr: must be a learning rate"),
+        (dict(noise=0), "noise: must be a fraction"),
+        (dict(threads=-1), "threads: must be an integer >= 0"),
+        (dict(eval_examples=5000), "eval_examples: must be at most 2000"),
+        (dict(seeds=()), "seeds: must be distinct integers"),
+        (dict(seeds=(1, 1)), "seeds: must be distinct integers"),
+        (dict(seeds=(0, -2)), "seeds: must be distinct integers"),
+    ],
+)
 def test_settings_refuse_bad_values(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Settings(**kwargs)
@@ -63,20 +66,23 @@ def test_runs_refuse_bad_values():
         sweep.plan(groups=["ranks"])
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--steps", "0"], "--steps: must be a positive integer"),
-    (["--eval-examples", "-3"], "--eval-examples: must be a positive integer"),
-    (["--lr", "3"], "--lr: must be a learning rate"),
-    (["--groups", "rank,colour"], "--groups: ['colour'] not understood"),
-    (["--ranks", "1,two"], "--ranks: '1,two' is not a comma-separated list"),
-    (["--ranks", "0,4"], "--ranks: give positive integers"),
-    (["--ranks", "512"], "--ranks: at most 256"),
-    (["--alphas", ""], "--alphas: give positive integers"),
-    (["--seeds", "0,x"], "--seeds: '0,x' is not a comma-separated list"),
-    (["--seeds", "-1"], "--seeds: give integers >= 0"),
-    (["--seeds", "1,1"], "--seeds: must be distinct integers"),
-    (["--resume"], "--resume: "),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--steps", "0"], "--steps: must be a positive integer"),
+        (["--eval-examples", "-3"], "--eval-examples: must be a positive integer"),
+        (["--lr", "3"], "--lr: must be a learning rate"),
+        (["--groups", "rank,colour"], "--groups: ['colour'] not understood"),
+        (["--ranks", "1,two"], "--ranks: '1,two' is not a comma-separated list"),
+        (["--ranks", "0,4"], "--ranks: give positive integers"),
+        (["--ranks", "512"], "--ranks: at most 256"),
+        (["--alphas", ""], "--alphas: give positive integers"),
+        (["--seeds", "0,x"], "--seeds: '0,x' is not a comma-separated list"),
+        (["--seeds", "-1"], "--seeds: give integers >= 0"),
+        (["--seeds", "1,1"], "--seeds: must be distinct integers"),
+        (["--resume"], "--resume: "),
+    ],
+)
 def test_cli_names_the_bad_option(tmp_path, capsys, args, message):
     out = tmp_path / "r.json"
     assert main(["sweep", "--output", str(out), *args]) == 2
@@ -138,8 +144,13 @@ def test_a_stopped_sweeps_runs_are_never_overwritten(tmp_path, capsys):
 
 
 def test_load_results_reads_one_seed_files_in_the_seeds_layout(tmp_path):
-    v1 = {"format": "lora101-sweep/1", "machine": {}, "versions": {}, "settings": {"seed": 4},
-          "runs": [{**dataclasses.asdict(Run("a")), "result": {"eval": {}}}]}
+    v1 = {
+        "format": "lora101-sweep/1",
+        "machine": {},
+        "versions": {},
+        "settings": {"seed": 4},
+        "runs": [{**dataclasses.asdict(Run("a")), "result": {"eval": {}}}],
+    }
     (tmp_path / "v1.json").write_text(json.dumps(v1))
     doc = sweep.load_results(tmp_path / "v1.json")
     assert doc["seeds"] == [4] and doc["runs"][0]["seed"] == 4
@@ -172,7 +183,9 @@ def test_lesson_6s_stored_sweeps_repeat_every_setting_over_three_seeds(name, mon
         assert all(run["result"]["eval"]["n"] == doc["settings"]["eval_examples"] for run in runs), setting
     if name == "sweep_methods.json":  # the untrained base: one score whatever the seed, so one held-out set
         base = by_setting(doc["runs"])["base (untrained)"]
-        assert len(base) == len(doc["seeds"]) and len({run["result"]["eval"]["test_loss"] for run in base}) == 1
+        assert (
+            len(base) == len(doc["seeds"]) and len({run["result"]["eval"]["test_loss"] for run in base}) == 1
+        )
     with pytest.raises(FileNotFoundError, match="lora101 sweep"):
         stored_results("nothing.json", "lora101 sweep --output lessons/results/nothing.json")
 
@@ -193,7 +206,9 @@ def test_teacher_forced_exact_match_is_greedy_decoding(base_model_dir):
     tok = load_tokenizer()
     model = load_model(precision="fp32").eval()
     sentence = "Extract: Ann pays Bo 5 EUR."
-    own = generate(model, tok, [prompt_text(tok, build_messages(sentence))], max_new_tokens=120, progress=False)[0]
+    own = generate(
+        model, tok, [prompt_text(tok, build_messages(sentence))], max_new_tokens=120, progress=False
+    )[0]
     changed = own[:-1] + ("X" if own[-1] != "X" else "Y")
     rows = [tokenize_example(tok, build_messages(sentence), answer) for answer in (own, changed)]
     scores = [sweep.teacher_forced_scores(model, tok, Dataset.from_list([row])) for row in rows]
@@ -205,8 +220,25 @@ def test_teacher_forced_exact_match_is_greedy_decoding(base_model_dir):
 @pytest.mark.slow
 def test_tiny_real_sweep_writes_a_well_formed_results_file(base_model_dir, tmp_path, capsys):
     out = tmp_path / "tiny.json"
-    argv = ["sweep", "--output", str(out), "--groups", "rank", "--ranks", "2", "--steps", "2",
-            "--batch-size", "2", "--eval-examples", "3", "--threads", "1", "--seeds", "0"]
+    argv = [
+        "sweep",
+        "--output",
+        str(out),
+        "--groups",
+        "rank",
+        "--ranks",
+        "2",
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--eval-examples",
+        "3",
+        "--threads",
+        "1",
+        "--seeds",
+        "0",
+    ]
     assert main(argv) == 0
     doc = sweep.load_results(out)
     assert doc["complete"] is True and doc["format"] == sweep.FORMAT and doc["seeds"] == [0]
@@ -217,7 +249,9 @@ def test_tiny_real_sweep_writes_a_well_formed_results_file(base_model_dir, tmp_p
     [run] = doc["runs"]
     assert run["rank"] == 2 and run["alpha"] == 4 and run["groups"] == ["rank"]
     res = run["result"]
-    assert res["train"]["steps"] == 2 and len(res["train"]["losses"]) == 2 and res["train"]["tokens_per_s"] > 0
+    assert (
+        res["train"]["steps"] == 2 and len(res["train"]["losses"]) == 2 and res["train"]["tokens_per_s"] > 0
+    )
     assert res["parameters"]["trainable"] == sweep.adapter_parameters(2, ALL_LINEAR)
     assert res["eval"]["n"] == 3 and 0 <= res["eval"]["token_accuracy"] <= 1 and res["eval"]["test_loss"] > 0
     assert res["peak_memory_bytes"] > res["rss_before_model_bytes"] > 0 and res["threads"] == 1
@@ -229,7 +263,12 @@ def test_tiny_real_sweep_writes_a_well_formed_results_file(base_model_dir, tmp_p
     matplotlib.use("Agg")
     from lora101 import plots
 
-    for draw in (plots.plot_rank_sweep, plots.plot_sweep_bars, plots.plot_training_losses, plots.plot_method_comparison):
+    for draw in (
+        plots.plot_rank_sweep,
+        plots.plot_sweep_bars,
+        plots.plot_training_losses,
+        plots.plot_method_comparison,
+    ):
         fig = draw(doc["runs"], title=draw.__name__)
         assert fig.axes and fig.axes[0].has_data(), draw.__name__
     before = out.read_text()

@@ -14,7 +14,9 @@ import torch
 from torch import nn
 
 import lora101  # noqa: F401  (before peft: silences bitsandbytes' CPU kernel warning)
+from lora101.bench import _options
 from lora101.bench.timing import median_times
+from lora101.errors import OptionError
 from lora101.lora import LoRALinear
 
 
@@ -48,15 +50,24 @@ def _pair(fin: int, fout: int, r: int, alpha: float, device: torch.device):
     return ours, theirs
 
 
-def run(args: argparse.Namespace) -> int:
-    from lora101.models import choose_device
-
-    device = choose_device(args.device)
+def _shapes(text: str) -> list[tuple[int, int]]:
     try:
-        shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes.split(",")]
-        assert all(len(s) == 2 for s in shapes)
-    except (ValueError, AssertionError):
-        raise SystemExit(f"--shapes: expected a list like 576x576,576x1536, got {args.shapes!r}") from None
+        shapes = [tuple(int(v) for v in s.lower().split("x")) for s in text.split(",")]
+    except ValueError:
+        shapes = []
+    if not shapes or any(len(s) != 2 or min(s) < 1 for s in shapes):
+        raise OptionError("--shapes", f"expected a list like 576x576,576x1536, got {text!r}")
+    return shapes
+
+
+def run(args: argparse.Namespace) -> int:
+    _options.positive(args, "tokens", "r", "repeats")
+    if args.warmup < 0 or args.alpha <= 0:
+        raise OptionError(
+            "--warmup" if args.warmup < 0 else "--alpha", "must be positive (--warmup may be 0)"
+        )
+    device = _options.device(args.device)
+    shapes = _shapes(args.shapes)
     print(
         f"device {device}, {args.tokens} tokens, r={args.r}, alpha={args.alpha:g}, float32, "
         f"median of {args.repeats} after {args.warmup} warm-up, threads={torch.get_num_threads()}"

@@ -22,8 +22,11 @@ import torch
 
 import lora101  # noqa: F401  (before bitsandbytes: silences its CPU kernel warning)
 from lora101 import nf4
+from lora101.bench import _options
 from lora101.bench.timing import median_times
+from lora101.errors import OptionError
 
+SMOLLM2_LAYERS = 30  # decoder blocks of SmolLM2-135M, the model whose weights the error table reads
 LAYER_TYPES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -90,7 +93,7 @@ def _parse_dtypes(text: str) -> list[str]:
     dtypes = [d.strip() for d in text.split(",")]
     unknown = [d for d in dtypes if d not in DTYPES]
     if unknown:
-        raise SystemExit(f"--dtypes: unknown dtype(s) {unknown}; choose from {list(DTYPES)}")
+        raise OptionError("--dtypes", f"unknown dtype(s) {unknown}; choose from {list(DTYPES)}")
     return dtypes
 
 
@@ -184,7 +187,11 @@ def _print_error_table(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     dtypes = _parse_dtypes(args.dtypes)
-    _timing_table(args, dtypes, torch.device(args.device))
+    _options.positive(args, "repeats")
+    if args.size < 8 or args.size % 8:  # NF4 quantises blocks of 64 values: the matrix holds whole blocks
+        raise OptionError("--size", f"must be a positive multiple of 8 (whole blocks of 64), got {args.size}")
+    _options.integers(args.layers, "--layers", 0, SMOLLM2_LAYERS - 1)
+    _timing_table(args, dtypes, _options.device(args.device))
     if not args.no_errors:
         _print_error_table(args)
     return 0

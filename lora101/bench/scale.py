@@ -29,10 +29,26 @@ Examples:
 
 from __future__ import annotations
 
+# transformers, peft and bitsandbytes are imported where a worker needs them: lessons import this module for
+# its stored results (load_stored), which need none of them.
 import argparse
 import json
 import sys
 import time
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from lora101.bench import _options
+from lora101.bench._worker import run_worker
+from lora101.colab import stored_results
+from lora101.doctor import installed_versions
+from lora101.errors import OptionError
+from lora101.finetune import enable_checkpointing
+from lora101.memory import ModelShape, estimate_memory, peak_memory_bytes
+from lora101.models import choose_device, has_native_bf16
+from lora101.sweep import check_output_path, machine_info
 
 METHODS = ("full", "lora", "qlora")
 # LlamaConfig fields (rope and the rest at transformers' defaults)
@@ -107,13 +123,12 @@ def _choices(text: str, allowed, option: str) -> list[str]:
     chosen = [v.strip() for v in text.split(",") if v.strip()]
     unknown = sorted(set(chosen) - set(allowed))
     if unknown or not chosen:
-        raise ValueError(f"{option}: {unknown or text!r} not among {', '.join(allowed)}")
+        raise OptionError(option, f"{unknown or text!r} not among {', '.join(allowed)}")
     return chosen
 
 
 def _reset_peak(device) -> None:
     """Start the peak-memory count from what is allocated now (the built model)."""
-    import torch
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -128,8 +143,6 @@ def _reset_peak(device) -> None:
 
 def _build(size: str, method: str, device, dtype, seq_len: int, checkpointing: bool):
     """The model for ``method``: built on the meta device, then materialised one module at a time."""
-    import torch
-    from torch import nn
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(**SIZES[size], max_position_embeddings=max(seq_len, 128))
@@ -172,16 +185,12 @@ def _build(size: str, method: str, device, dtype, seq_len: int, checkpointing: b
             ),
         )
     if checkpointing:
-        from lora101.finetune import enable_checkpointing
-
         enable_checkpointing(model.get_base_model() if method != "full" else model)
     return model.to(device), config
 
 
 def _linear(weight, *, quantise: bool, dtype):
     """A bias-free linear layer holding ``weight``: plain, or bitsandbytes' NF4 + double quantisation."""
-    import torch
-    from torch import nn
 
     out_features, in_features = weight.shape
     if not quantise:
@@ -226,7 +235,6 @@ def _resident_bytes() -> int:
 
 def _train_steps(model, optimizer, spec: dict, config, device, native: bool) -> tuple[float, float]:
     """One untimed warm-up step (it allocates the optimizer states), then ``steps`` timed ones: (loss, seconds)."""
-    import torch
 
     batch, seq = spec["batch_size"], spec["seq_len"]
     generator = torch.Generator().manual_seed(SEED)
@@ -253,11 +261,6 @@ def _train_steps(model, optimizer, spec: dict, config, device, native: bool) -> 
 
 
 def _worker(spec: dict) -> dict:
-    import torch
-
-    import lora101  # noqa: F401  (silences bitsandbytes' CPU notice before it is imported)
-    from lora101.memory import peak_memory_bytes
-    from lora101.models import choose_device, has_native_bf16
 
     device = choose_device(spec["device"])
     native = has_native_bf16(device)
@@ -289,9 +292,6 @@ def _worker(spec: dict) -> dict:
 
 def _result(spec: dict, config, native: bool, measured: dict, device, dtype) -> dict:
     """One run's row: what was measured beside lesson 1's prediction for the same configuration."""
-    import torch
-
-    from lora101.memory import ModelShape, estimate_memory
 
     predicted = estimate_memory(
         config,
@@ -321,25 +321,18 @@ def _result(spec: dict, config, native: bool, measured: dict, device, dtype) -> 
 def _check_options(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     sizes = _choices(args.sizes, SIZES, "--sizes")
     methods = _choices(args.methods, METHODS, "--methods")
-    for option in ("steps", "batch_size", "seq_len"):
-        if getattr(args, option) < 1:
-            raise ValueError(f"--{option.replace('_', '-')}: must be a positive integer")
+    _options.positive(args, "steps", "batch_size", "seq_len")
+    _options.device(args.device)  # the workers choose it again: refuse a bad one before starting them
     return sizes, methods
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
-    from lora101.bench._worker import run_worker
-
     if args.worker:
         print("RESULT " + json.dumps(_worker(json.loads(args.worker))), flush=True)
         return 0
     sizes, methods = _check_options(args)
     output = None
     if args.output:
-        from lora101.sweep import check_output_path
-
         output = check_output_path(args.output, args.force)
     rows = []
     bar = tqdm([(size, method) for size in sizes for method in methods], desc="bench scale", unit="run")
@@ -364,8 +357,6 @@ def run(args: argparse.Namespace) -> int:
 
 def results_document(args: argparse.Namespace, rows: list[dict]) -> dict:
     """What the results file holds: the command, machine, versions, settings, runs and what to read from them."""
-    from lora101.doctor import installed_versions
-    from lora101.sweep import machine_info
 
     options = sys.argv[sys.argv.index("scale") + 1 :] if "scale" in sys.argv else []
     return {
@@ -433,7 +424,6 @@ def table(rows: list[dict]) -> str:
 def load_stored(name: str = "memory_at_scale.json") -> dict:
     """A stored results file of the course: from lessons/results/ when the lesson runs from lessons/ or the
     repository root; on Colab, where only the notebook is on disk, downloaded from the course's repository."""
-    from lora101.colab import stored_results
 
     return json.loads(
         stored_results(name, f"lora101 bench scale --output lessons/results/{name}").read_text()
