@@ -14,6 +14,10 @@ step as a run on 1, and its losses agree with it up to float rounding.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
 
 
 def world_size() -> int:
@@ -61,11 +65,6 @@ def start(device_type: str) -> None:
     On GPUs each process takes the GPU of its ``LOCAL_RANK`` first, so that a model loaded on "cuda"
     lands on that process's own GPU. The time-out is long because the others wait while rank 0 evaluates.
     """
-    from datetime import timedelta
-
-    import torch
-    import torch.distributed as dist
-
     if world_size() == 1 or dist.is_initialized():
         return
     if device_type == "cuda":
@@ -75,15 +74,11 @@ def start(device_type: str) -> None:
 
 def wait_for_everyone() -> None:
     """Block until every process gets here (a no-op when launched alone)."""
-    import torch.distributed as dist
-
     if dist.is_initialized():
         dist.barrier()
 
 
 def finish() -> None:
     """Leave the process group cleanly, so that PyTorch does not warn of a leaked one at exit."""
-    import torch.distributed as dist
-
     if dist.is_initialized():
         dist.destroy_process_group()

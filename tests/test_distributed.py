@@ -140,7 +140,8 @@ def test_two_processes_train_as_one_write_once_and_resume(tmp_path, tiny_model, 
     assert done.returncode == 0, done.stderr[-3000:]
     resumed = json.loads((out / "report.json").read_text())
     assert resumed["world_size"] == 2 and resumed["steps"] == STEPS
-    assert min(resumed["loss"]["steps"]) > 2  # it continued from step 2, not from the start
+    assert resumed["resumed_from"] == "checkpoint-2"  # it continued from step 2, not from the start
+    assert resumed["loss"]["steps"] == two["loss"]["steps"]  # with the whole history
     assert resumed["before"] == two["before"]
     # the optimizer, schedule, data order and each process's random state come back with the checkpoint
     tail = dict(zip(two["loss"]["steps"], two["loss"]["values"], strict=True))

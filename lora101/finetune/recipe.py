@@ -112,6 +112,9 @@ def run(
     if evaluate:  # the same length checks for the held-out examples, before anything is loaded
         tokenize_examples(tokenizer, held_out, _path(config.eval_data or config.data), config.max_length)
     start = time.perf_counter()
+    # Under torchrun: join the other processes now; every one of them has checked the folder before any
+    # process writes to it (rank 0 alone does).
+    distributed.start(choose_device(config.device).type)
     with _folder(out, config, resume, overwrite) as folder:
         try:
             report = _job(
@@ -130,7 +133,6 @@ def _job(
     config, model, tokenizer, train_ds, held_out, folder: Path, checkpoint, evaluate, callbacks
 ) -> Report:
     """Model, evaluation before, training, evaluation after: the part that runs in every process."""
-    distributed.start(choose_device(config.device).type)  # under torchrun: join the others now
     model = model if model is not None else build_model(config)
     scorer = _evaluator(config, model, tokenizer, held_out) if evaluate else None
     before = _before(folder, scorer, resumed=checkpoint is not None) if scorer else None
@@ -235,7 +237,8 @@ def _resumable(out: Path, config: FinetuneConfig) -> Path:
         raise OutputError(f"--resume: {out / CHECKPOINTS} holds no intact checkpoint to resume from")
     if skipped:
         print(f"--resume: continuing from {checkpoint.name}, the newest intact checkpoint", flush=True)
-    for bad in sorted({p for p in (out / CHECKPOINTS).glob("checkpoint-*") if _step(p) > _step(checkpoint)}):
+    damaged = [p for p in (out / CHECKPOINTS).glob("checkpoint-*") if _step(p) > _step(checkpoint)]
+    for bad in damaged if distributed.is_main_process() else []:
         bad.rename(bad.with_name("damaged-" + bad.name))  # kept, but out of the Trainer's way
     return checkpoint
 
