@@ -294,12 +294,7 @@ def train(
     wall = time.perf_counter() - start
     drop_autocast_wrapper(model)
     model.eval()
-    # Real (non-padding) tokens of the steps trained in this call (a resumed run's earlier steps took their
-    # own time): steps x the global batch_size examples, the whole job's, counted as passes over the
-    # examples (exact for whole epochs; a partial epoch's shuffled picks are approximated by the first ones).
-    lengths = [len(x) for x in train_dataset["input_ids"]]
-    first = recorder.first_step * config.batch_size
-    seen = sum(lengths[i % len(lengths)] for i in range(first, out.global_step * config.batch_size))
+    seen = _tokens_seen(train_dataset, recorder.first_step, out.global_step, config.batch_size)
     return TrainResult(
         steps=recorder.steps,
         losses=recorder.losses,
@@ -309,6 +304,14 @@ def train(
         global_step=out.global_step,
         world_size=trainer.args.world_size,
     )
+
+
+def _tokens_seen(train_dataset, first_step: int, last_step: int, batch_size: int) -> int:
+    """Real (non-padding) tokens of steps ``first_step``+1 to ``last_step`` (a resumed run's earlier steps took
+    their own time): steps x the global ``batch_size`` examples, the whole job's, counted as passes over the
+    examples (exact for whole epochs; a partial epoch's shuffled picks are approximated by the first ones)."""
+    lengths = [len(x) for x in train_dataset["input_ids"]]
+    return sum(lengths[i % len(lengths)] for i in range(first_step * batch_size, last_step * batch_size))
 
 
 def last_checkpoint(output_dir: str | os.PathLike) -> Path | None:
