@@ -20,7 +20,8 @@ from tiny_llama import tiny_llama  # tests/ is on sys.path
 from lora101 import finetune as ft
 from lora101 import models
 
-# tests/gpu_check.sh sets it to cuda on a GPU machine: the same tests, on the real thing
+# LORA101_TEST_DEVICE=cuda runs these tests on a GPU; tests/gpu_check.sh runs lesson 5's whole path there
+# (tests/gpu/lesson5_path.py: 4-bit load, training under bf16 autocast, reload, merge)
 DEVICE = os.environ.get("LORA101_TEST_DEVICE", "cpu")
 
 
@@ -114,7 +115,9 @@ def _logits(model, probe):
 @pytest.mark.slow
 def test_a_model_trained_under_autocast_matches_its_reloaded_adapter(tmp_path):
     model, reloaded, probe = _train_under_bf16_autocast(tmp_path)
-    assert "_original_forward" not in model.__dict__, "training left accelerate's autocast wrapper on the model"
+    assert "_original_forward" not in model.__dict__, (
+        "training left accelerate's autocast wrapper on the model"
+    )
     assert torch.equal(_logits(model, probe), _logits(reloaded, probe))
 
 
