@@ -6,6 +6,7 @@ model, with one step broken on purpose; the step runner, the run order and the r
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -15,10 +16,19 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "gpu"))
-import run as gpu_run  # noqa: E402  (tests/gpu/run.py)
-
 REPO = Path(__file__).resolve().parent.parent
+
+
+def _load_driver():
+    """tests/gpu/run.py, under a name of its own (a bare ``import run`` could find another module)."""
+    spec = importlib.util.spec_from_file_location("lora101_gpu_check_run", REPO / "tests" / "gpu" / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+gpu_run = _load_driver()
 
 
 def test_a_step_is_ok_failed_out_of_memory_or_timed_out_and_its_log_says_so(tmp_path):
