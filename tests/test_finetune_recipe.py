@@ -113,7 +113,7 @@ def test_a_10_mb_line_is_refused_before_it_is_tokenised(tmp_path, capsys, base_m
 
 
 def _fake_run(out, config: ft.FinetuneConfig, *, finished: bool):
-    out.mkdir()
+    (out / recipe.CHECKPOINTS).mkdir(parents=True)
     (out / recipe.RUN_CONFIG).write_text(json.dumps(config.to_dict()))
     if finished:
         (out / recipe.REPORT).write_text(json.dumps({"steps": config.steps}))
@@ -234,3 +234,17 @@ def test_an_interrupted_run_resumes_past_a_damaged_checkpoint_with_its_whole_los
     assert all((out / name).is_file() for name in (*ft.ADAPTER_FILES, "loss.png"))
     with pytest.raises(OutputError, match="finished run"):
         ft.run(config, evaluate=False, output_dir=out, resume=True, progress=False)
+
+
+def test_ctrl_c_before_the_first_checkpoint_leaves_the_folder_as_it_was(
+    tmp_path, monkeypatch, base_model_dir
+):
+    def pressed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(recipe, "train", pressed)
+    config = ft.FinetuneConfig.for_steps(4, data=str(_data(tmp_path)), **SMALL)
+    with pytest.raises(Interrupted) as stop:
+        ft.run(config, evaluate=False, model=object(), output_dir=tmp_path / "out", progress=False)
+    assert stop.value.checkpoint is None and "nothing was saved" in stop.value.saved
+    assert not (tmp_path / "out").exists()  # so the same command starts the run again

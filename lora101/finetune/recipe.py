@@ -37,10 +37,11 @@ from lora101.tasks import get_task
 
 REPORT = "report.json"
 BEFORE = "before.json"  # the base model's scores, kept so that a resumed run need not measure them again
-RUN_CONFIG = "run_config.json"  # the configuration, written first: a resumed run must match it
 CHECKPOINTS = "checkpoints"
+# The configuration, written first beside the checkpoints: a resumed run must match it.
+RUN_CONFIG = f"{CHECKPOINTS}/run_config.json"
 # What a finished run leaves in its folder (PEFT writes a README.md beside the adapter).
-FINISHED = {*ADAPTER_FILES, "README.md", REPORT, BEFORE, RUN_CONFIG, CHECKPOINTS, "loss.png"}
+FINISHED = {*ADAPTER_FILES, "README.md", REPORT, BEFORE, CHECKPOINTS, "loss.png"}
 
 
 @dataclass
@@ -121,7 +122,7 @@ def run(
                 config, model, tokenizer, train_ds, held_out, folder, checkpoint, evaluate, callbacks
             )
         except KeyboardInterrupt:
-            raise Interrupted(*_what_was_saved(out)) from None
+            raise Interrupted(*_what_was_saved(out, fresh=not resume)) from None
     report.train_examples, report.output_dir = len(train_ex), out
     report.measurements = _measurements(config, report.train, start, per_process)
     if out is not None and distributed.is_main_process():
@@ -234,7 +235,10 @@ def _resumable(out: Path, config: FinetuneConfig) -> Path:
     for note in skipped:
         print(f"--resume: skipping {note}", flush=True)
     if checkpoint is None:
-        raise OutputError(f"--resume: {out / CHECKPOINTS} holds no intact checkpoint to resume from")
+        raise OutputError(
+            f"--resume: {out / CHECKPOINTS} holds no intact checkpoint to resume from; start the run again "
+            "in another --output"
+        )
     if skipped:
         print(f"--resume: continuing from {checkpoint.name}, the newest intact checkpoint", flush=True)
     damaged = [p for p in (out / CHECKPOINTS).glob("checkpoint-*") if _step(p) > _step(checkpoint)]
@@ -269,20 +273,28 @@ def _folder(out: Path | None, config: FinetuneConfig, resume: bool, overwrite: b
             yield Path(tmp)
         return
     if distributed.is_main_process():
-        out.mkdir(parents=True, exist_ok=True)
         if overwrite and not resume:  # a finished run of the same configuration, replaced
             shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
             for name in (REPORT, BEFORE):
                 (out / name).unlink(missing_ok=True)
+        (out / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
         (out / RUN_CONFIG).write_text(json.dumps(config.to_dict(), indent=2))
     yield out
 
 
-def _what_was_saved(out: Path | None) -> tuple[str, Path | None]:
+def _what_was_saved(out: Path | None, fresh: bool) -> tuple[str, Path | None]:
+    """What an interrupted run leaves: its newest checkpoint; without one, a fresh run's own files are removed
+    again, so that the same command starts it afresh."""
     checkpoint = last_checkpoint(out / CHECKPOINTS) if out is not None else None
-    if checkpoint is None:
-        return "nothing was saved (no checkpoint was written yet)", None
-    return f"{checkpoint} is saved", checkpoint
+    if checkpoint is not None:
+        return f"{checkpoint} is saved", checkpoint
+    if out is not None and fresh and distributed.is_main_process():
+        for name in (RUN_CONFIG, BEFORE):
+            (out / name).unlink(missing_ok=True)
+        for folder in (out / CHECKPOINTS, out):
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+    return "nothing was saved (no checkpoint was written yet)", None
 
 
 # ------------------------------------------------------------------------------------------------
