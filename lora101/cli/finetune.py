@@ -138,8 +138,11 @@ def run(args) -> int:
         config = config_from(args)
         report = ft.run(config, output_dir=args.output, resume=args.resume, overwrite=args.overwrite)
     except Interrupted as stop:
-        again = resume_command(args) if stop.checkpoint is not None else "run the same command again"
-        print(f"lora101 finetune: interrupted; {stop.saved}; to continue: {again}", file=sys.stderr)
+        _interrupted(args, stop.saved, stop.checkpoint)
+        return 130
+    except KeyboardInterrupt:  # outside training (reading, loading, writing): say what the folder holds
+        checkpoint = ft.last_checkpoint(args.output / "checkpoints")
+        _interrupted(args, f"{checkpoint} is saved" if checkpoint else "no checkpoint was saved", checkpoint)
         return 130
     finally:
         distributed.finish()
@@ -148,6 +151,11 @@ def run(args) -> int:
             f"held-out exact match: {report.before['exact_match']:.1%} before, {report.after['exact_match']:.1%} after"
         )
     return 0
+
+
+def _interrupted(args, saved: str, checkpoint) -> None:
+    again = resume_command(args) if checkpoint is not None else "run the same command again"
+    print(f"lora101 finetune: interrupted; {saved}; to continue: {again}", file=sys.stderr)
 
 
 def config_from(args) -> FinetuneConfig:
