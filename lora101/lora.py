@@ -129,8 +129,9 @@ class LoRALinear(nn.Module):
     round trip restores the weight to float rounding (about 1e-7 relative); a bf16/fp16 base rounds to its
     own precision. A base that is not a plain floating-point linear layer (a quantised one) cannot be merged
     into: ``merge()`` raises ``TypeError`` ("dequantise first"). An update holding NaN or inf is refused
-    (``ValueError``, nothing changed), as PEFT's ``merge(safe_merge=True)`` does: merged in, it could never be
-    subtracted out again, and ``unmerge()`` could not restore the base.
+    (``ValueError``, nothing changed), as PEFT 0.21's ``merge(safe_merge=True)`` does (its default,
+    ``safe_merge=False``, merges silently): merged in, it could never be subtracted out again, and
+    ``unmerge()`` could not restore the base.
 
     ``with layer.disable_adapter(): ...`` computes the base layer alone inside the block (unmerging first if
     merged, merging again on the way out).
