@@ -65,12 +65,25 @@ def _logits(model, probe):
         return model(input_ids=probe["input_ids"], attention_mask=probe["attention_mask"]).logits.float()
 
 
+def _predicted_bytes(config, device, batch: int, seq_len: int) -> float:
+    """Lesson 1's prediction for this run (the weights left in 16-bit are fp32 after prepare_model_for_kbit_training)."""
+    from lora101.memory import BYTES, ModelShape, estimate_memory
+    from lora101.models import has_native_bf16
+
+    cuda, precision = device.type == "cuda", "bf16" if has_native_bf16(device) else "fp32"
+    shape = ModelShape.from_config(config)
+    budget = estimate_memory(shape, "qlora", precision=precision, optimizer="adamw-8bit" if cuda else "adamw",
+                             r=16, target_modules="all-linear", batch_size=batch, seq_len=seq_len,
+                             gradient_checkpointing=cuda)  # fmt: skip
+    return budget.total + (shape.n_params - shape.linear_params) * (4 - BYTES[precision])
+
+
 def _load_and_train(model_dir: str, device, steps: int, batch: int, work: Path, checks: list[dict]):
     import bitsandbytes as bnb
     import torch
 
     from lora101 import finetune as ft
-    from lora101.models import load_tokenizer
+    from lora101.models import has_native_bf16, load_tokenizer
     from lora101.tasks.contracts import build_dataset
 
     tokenizer = load_tokenizer(model_dir)
@@ -88,17 +101,18 @@ def _load_and_train(model_dir: str, device, steps: int, batch: int, work: Path, 
     )  # fmt: skip
     model = ft.add_lora(base, config.rank, config.alpha)
     args = ft.training_arguments(config, work / "checkpoints", progress=False)
-    autocast = ft.autocast_dtype(config)
-    _check(checks, "bf16 autocast where native", args.bf16 == (autocast is not None), bf16=args.bf16)
+    native = has_native_bf16(device)  # compute capability 8.0+: the Trainer must autocast to bf16 there
+    _check(checks, "bf16 autocast where native", args.bf16 == native, bf16=args.bf16, native_bf16=native)
     tf32 = {"matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
             "float32_matmul_precision": torch.get_float32_matmul_precision()}  # fmt: skip
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     result = ft.train(model, tokenizer, data["train"], config, work / "checkpoints", progress=False)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    predicted = _predicted_bytes(base.config, device, batch, max(len(x) for x in data["train"]["input_ids"]))
     first, last = result.losses[0], min(result.losses[-3:])
     _check(checks, "training lowers the loss", last < first, first=first, last=last, steps=result.global_step,
-           tokens_per_s=result.tokens_per_s, peak_bytes=peak, tf32_settings=tf32)  # fmt: skip
+           tokens_per_s=result.tokens_per_s, peak_bytes=peak, predicted_bytes=predicted, tf32_settings=tf32)  # fmt: skip
     return model, tokenizer, data
 
 
