@@ -306,7 +306,8 @@ def test_lora101_grade_collects_grades_and_never_overwrites_silently(tmp_path):
     rows = grade(subs, out, regrade=False, options=Options(cell_timeout=CELL_TIMEOUT), log=logs.append)
     got = {(r["student"], r["assignment"]): r["score"] for r in rows}
     assert got == {("ada", a): 10.0, ("bob", a): 0.0}
-    assert (out / "scores.csv").read_text().splitlines()[0] == "student,assignment,score,max_score,needs_manual_grade"
+    header = "student,assignment,score,max_score,needs_manual_grade,status,sandboxed,review"
+    assert (out / "scores.csv").read_text().splitlines()[0] == header
     assert (out / "feedback" / "ada" / a / f"{a}.html").exists()
     # An instructor's manual adjustment must survive a second run.
     with Gradebook(f"sqlite:///{out / 'gradebook.db'}") as gb:

@@ -29,10 +29,17 @@ def _grades(folder) -> dict:
                 for nb in sub.notebooks:
                     for g in nb.grades:
                         out[(sub.student.id, a.name, nb.name, g.name)] = (
-                            g.auto_score, g.manual_score, g.extra_credit, g.needs_manual_grade, g.score
+                            g.auto_score,
+                            g.manual_score,
+                            g.extra_credit,
+                            g.needs_manual_grade,
+                            g.score,
                         )
                     for c in nb.comments:
-                        out[(sub.student.id, a.name, nb.name, "comment:" + c.name)] = (c.auto_comment, c.manual_comment)
+                        out[(sub.student.id, a.name, nb.name, "comment:" + c.name)] = (
+                            c.auto_comment,
+                            c.manual_comment,
+                        )
     return out
 
 
@@ -44,7 +51,16 @@ def runs(tmp_path_factory):
     grade(subs, root / "serial", course, options=Options(cell_timeout=TIMEOUT), log=lambda line: None)
     grade(subs, root / "jobs2", course, options=Options(cell_timeout=TIMEOUT), jobs=2, log=lambda line: None)
     for k in (1, 2):  # through the command line, as an instructor on two machines would
-        args = ["grade", str(subs), "--shard", f"{k}/2", "--out", str(root / f"shard{k}"), "--course", str(course)]
+        args = [
+            "grade",
+            str(subs),
+            "--shard",
+            f"{k}/2",
+            "--out",
+            str(root / f"shard{k}"),
+            "--course",
+            str(course),
+        ]
         assert main([*args, "--timeout", str(TIMEOUT)]) == 0
     assert main(["grade-merge", str(root / "shard1"), str(root / "shard2"), "--out", str(root / "merged"),
                  "--course", str(course)]) == 0  # fmt: skip
@@ -53,13 +69,18 @@ def runs(tmp_path_factory):
 
 def test_serial_scores_are_the_honest_ones(runs):
     root, kinds = runs
-    autograded = {"correct": 3.0, "partial": 0.0, "broken": 0.0, "hostile": 3.0}  # hostile: right answer, test restored
+    autograded = {
+        "correct": 3.0,
+        "partial": 0.0,
+        "broken": 0.0,
+        "hostile": 3.0,
+    }  # hostile: right answer, test restored
     grades = _grades(root / "serial")
     assert {(s, a) for s, a, _, _ in grades} == set(kinds)
     for (student, a), kind in kinds.items():
         assert grades[(student, a, a, "test_answer")][0] == autograded[kind], (student, a, kind)
-        # The written answer awaits a hand grade, unless it is the untouched handout (nbgrader gives it 0).
-        assert grades[(student, a, a, "written")][3] == (kind != "broken"), (student, a, kind)
+        # Every written answer awaits a hand grade, a blank one too (nbgrader alone would score it 0, unseen).
+        assert grades[(student, a, a, "written")][3], (student, a, kind)
 
 
 @pytest.mark.parametrize("run", ["jobs2", "merged"])
@@ -93,7 +114,10 @@ def test_merging_again_keeps_hand_grades_and_sets_old_results_aside(runs):
     rows = grade_merge([root / "shard1"], merged, root / "course", log=logs.append)
     assert any(f"feedback/{student}/{a}.backup-" in line for line in logs), logs
     assert _grades(merged)[(student, a, a, "written")][1] == 1.5, "the hand grade survives a second merge"
-    assert next(r for r in rows if (r["student"], r["assignment"]) == (student, a))["needs_manual_grade"] is False
+    assert (
+        next(r for r in rows if (r["student"], r["assignment"]) == (student, a))["needs_manual_grade"]
+        is False
+    )
     with pytest.raises(ValueError, match="no gradebook.db"):
         grade_merge([root / "subs"], root / "elsewhere", root / "course")
     with pytest.raises(ValueError, match="is one of the shards"):

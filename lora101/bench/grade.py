@@ -1,11 +1,12 @@
-"""lora101 grade on a generated class at --jobs 1 and --jobs 2: seconds per submission, speed-up, 300 learners.
+"""lora101 grade on a generated class, with and without the sandbox, at each --jobs: submissions a minute.
 
 The class: ``--learners`` learners x the course's exercises (``exercises/``), built from the source (the
 reference answers) and the handout, the kinds of submission in turn: correct (the reference answers),
 partial (the first half of the answer cells answered, the rest as handed out), broken (the untouched handout
 plus a syntax error) and hostile (a cell that kills its kernel, an infinite loop that waits for the cell
-timeout, every test cell edited to pass). Each ``--jobs`` value grades the whole class into a fresh folder;
-their scores.csv files must be identical (checked and printed). The projection for 300 learners multiplies
+timeout, every test cell edited to pass). Each ``--jobs`` value grades the whole class into a fresh folder,
+in the sandbox and without it one right after the other (``--sandbox both``), so that the sandbox's cost is
+measured at the same load; every run's scores must be identical (checked and printed). The projection for 300 learners multiplies
 the measured seconds per submission (same mix of kinds, same machine). Timings on a shared machine are
 noisy: the load average before and after is printed with them.
 """
@@ -21,9 +22,11 @@ import time
 from pathlib import Path
 
 import nbformat
+from tqdm.auto import tqdm
 
 from lora101.grading import CELL_TIMEOUT_S, COURSE_DIR, assignments, grade
 from lora101.grading.config import Options
+from lora101.grading.sandbox import sandbox_problem
 
 KINDS = ("correct", "partial", "broken", "hostile")
 PROJECTED_LEARNERS = 300
@@ -37,6 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--course", type=Path, default=COURSE_DIR, help="the course's exercises/ folder")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the class and grading folders here")
+    parser.add_argument(
+        "--sandbox",
+        choices=("both", "on", "off"),
+        default="both",
+        help="grade in the sandbox, without it, or both side by side (default both)",
+    )
 
 
 def _meta(cell) -> dict:
@@ -82,13 +91,43 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
 
 
+def _parse(args) -> tuple[list[int], list[bool]]:
+    try:
+        jobs = [int(j) for j in args.jobs.split(",")]
+    except ValueError:
+        raise ValueError(f"--jobs {args.jobs!r}: give whole numbers separated by commas, e.g. 1,2") from None
+    if not jobs or min(jobs) < 1:
+        raise ValueError(f"--jobs {args.jobs!r}: each value must be 1 or more")
+    if args.learners < 1:
+        raise ValueError(f"--learners {args.learners}: give 1 or more")
+    if args.timeout <= 0:
+        raise ValueError(f"--timeout {args.timeout}: give a number of seconds above 0")
+    modes = {"both": [True, False], "on": [True], "off": [False]}[args.sandbox]
+    if True in modes and sandbox_problem():
+        raise ValueError(f"--sandbox {args.sandbox}: {sandbox_problem()} (or pass --sandbox off)")
+    return jobs, modes
+
+
+def _grade_once(work: Path, course: Path, j: int, sandboxed: bool, timeout: int) -> tuple[float, set]:
+    out = work / f"graded-jobs{j}-{'sandbox' if sandboxed else 'plain'}"
+    start = time.perf_counter()
+    rows = grade(
+        work / "class",
+        out,
+        course,
+        options=Options(cell_timeout=timeout, sandbox=sandboxed),
+        jobs=j,
+        log=lambda line: None,
+    )
+    return time.perf_counter() - start, {(r["student"], r["assignment"], r["score"]) for r in rows}
+
+
 def run(args) -> int:
     os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")  # alembic
-    jobs = [int(j) for j in args.jobs.split(",")]
+    jobs, modes = _parse(args)
     course = args.course.resolve()
     if args.workdir and args.workdir.exists() and any(args.workdir.iterdir()):
-        print(f"lora101 bench grade: --workdir {args.workdir} is not empty", file=sys.stderr)
-        return 2
+        raise ValueError(f"--workdir {args.workdir} is not empty: give a new folder")
     with tempfile.TemporaryDirectory(prefix="lora101-bench-grade-") as tmp:
         work = args.workdir or Path(tmp)
         n = make_class(course, work / "class", args.learners)
@@ -97,31 +136,28 @@ def run(args) -> int:
             f"class: {args.learners} learners x {per_learner} exercises = {n} submissions "
             f"({', '.join(KINDS)} in turn); cell timeout {args.timeout} s; {os.cpu_count()} CPUs"
         )
-        rows, csvs = [], {}
-        for j in jobs:
-            load = os.getloadavg()[0]
-            start = time.perf_counter()
-            grade(
-                work / "class",
-                work / f"graded-jobs{j}",
-                course,
-                options=Options(cell_timeout=args.timeout),
-                jobs=j,
-                log=lambda line: None,
-            )
-            seconds = time.perf_counter() - start
-            csvs[j] = (work / f"graded-jobs{j}" / "scores.csv").read_bytes()
-            rows.append((j, seconds, load, os.getloadavg()[0]))
-    base = rows[0][1]
-    print(
-        f"\n{'jobs':>4} {'seconds':>8} {'s/submission':>12} {'speed-up':>8} {'300 learners':>12} {'load before/after':>18}"
-    )
-    for j, seconds, before, after in rows:
-        projected = seconds / n * PROJECTED_LEARNERS * per_learner
-        print(
-            f"{j:>4} {seconds:8.1f} {seconds / n:12.2f} {base / seconds:7.2f}x {_duration(projected):>12} "
-            f"{before:8.1f} / {after:<8.1f}"
-        )
-    same = len(set(csvs.values())) == 1
-    print(f"\nscores.csv identical across --jobs {args.jobs}: {'yes' if same else 'NO'}")
+        rows, scores = [], {}
+        for j in tqdm(jobs, desc="--jobs values"):
+            for sandboxed in modes:  # side by side, so both see the same load
+                load = os.getloadavg()[0]
+                seconds, scores[(j, sandboxed)] = _grade_once(work, course, j, sandboxed, args.timeout)
+                rows.append((j, sandboxed, seconds, load, os.getloadavg()[0]))
+    _print_table(rows, n, per_learner)
+    same = len({frozenset(s) for s in scores.values()}) == 1
+    print(f"\nscores identical across runs: {'yes' if same else 'NO'}")
     return 0 if same else 1
+
+
+def _print_table(rows: list, n: int, per_learner: int) -> None:
+    plain = {j: seconds for j, sandboxed, seconds, _, _ in rows if not sandboxed}
+    print(
+        f"\n{'jobs':>4} {'sandbox':>7} {'seconds':>8} {'subs/min':>8} {'sandbox cost':>12} {'300 learners':>12} "
+        f"{'load before/after':>18}"
+    )
+    for j, sandboxed, seconds, before, after in rows:
+        projected = seconds / n * PROJECTED_LEARNERS * per_learner
+        cost = f"{seconds / plain[j] - 1:+.0%}" if sandboxed and j in plain else ""
+        print(
+            f"{j:>4} {'on' if sandboxed else 'off':>7} {seconds:8.1f} {n / seconds * 60:8.2f} {cost:>12} "
+            f"{_duration(projected):>12} {before:8.1f} / {after:<8.1f}"
+        )

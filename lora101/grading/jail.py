@@ -1,7 +1,8 @@
 """The two steps that put a student's kernel into its sandbox (``python -m lora101.grading.jail``).
 
 jupyter_client starts a kernel with one command line; ``SandboxKernelManager`` makes that command
-``python -m lora101.grading.jail SPEC -- KERNEL_COMMAND...``, and this module then:
+``python -c LAUNCH SPEC -- KERNEL_COMMAND...`` (``LAUNCH`` calls ``main`` here; ``-c`` rather than ``-m``, since
+the package has imported this module already), and this module then:
 
 1. **outside** (as the grader): when the grader is root, it drops to an unprivileged user (``nobody``), so
    that the process limit binds (Linux exempts root from it) and nothing root-only can be read. ``nobody``
@@ -26,6 +27,7 @@ import sys
 from pathlib import Path
 
 NOBODY = 65534
+LAUNCH = "import sys; from lora101.grading.jail import main; main(sys.argv[1:])"
 CLONE_NEWNS, MS_BIND, MS_REC, MS_PRIVATE = 0x00020000, 4096, 16384, 1 << 18
 LIMITS = {  # SandboxLimits field -> the rlimit that enforces it
     "memory_bytes": resource.RLIMIT_DATA,
@@ -87,7 +89,7 @@ def outside(spec: dict, kernel: list[str]) -> None:
     if os.geteuid() == 0:
         stage = _stage(spec)
         _drop_root()
-    inner = [spec["python"], "-m", "lora101.grading.jail", "--inner", json.dumps(spec["limits"]), "--"]
+    inner = [spec["python"], "-c", LAUNCH, "--inner", json.dumps(spec["limits"]), "--"]
     argv = bwrap_argv(spec, stage) + ["--", *inner, *kernel]
     os.execv(spec["bwrap"], argv)
 

@@ -9,8 +9,10 @@ submission that could not be graded, why (the tail of nbgrader's log).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 STATUS = "status"
@@ -35,6 +37,17 @@ def write_status(out: Path, student: str, assignment: str, **status) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(status, indent=1))
     tmp.replace(path)  # never half written
+
+
+@contextlib.contextmanager
+def _quiet_sqlalchemy():
+    """nbgrader's gradebook code makes SQLAlchemy warn that rows are "not in session" when it adds a
+    submission (and then adds them): noise in an instructor's log about nothing they can act on."""
+    from sqlalchemy.exc import SAWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SAWarning)
+        yield
 
 
 def _tail(text: str) -> str:
@@ -64,14 +77,16 @@ def grade_one(
     for nb in notebooks:
         shutil.copyfile(nb, target / nb.name)  # contents only: no links, no permissions carried over
     log(f"autograding {student}/{assignment} ...")
-    result = api.autograde(assignment, student, force=True, create=True)
+    with _quiet_sqlalchemy():
+        result = api.autograde(assignment, student, force=True, create=True)
     if not result["success"]:
         why = _tail(result.get("log", "") + "\n" + (result.get("error") or ""))
         log(f"  autograde failed for {student}/{assignment}:\n{why}")
         write_status(out, student, assignment, status="failed", reason=why, sandboxed=sandboxed, review=[])
         return False
     review = _findings(out, student, assignment) + _fix_hand_grading(out, student, assignment)
-    result = api.generate_feedback(assignment, student, force=True)
+    with _quiet_sqlalchemy():
+        result = api.generate_feedback(assignment, student, force=True)
     if not result["success"]:
         log(f"  feedback failed for {student}/{assignment}:\n{_tail(result.get('error') or '')}")
     _keep_only_html(out / "feedback" / student / assignment)

@@ -29,7 +29,7 @@ from jupyter_client.manager import AsyncKernelManager
 from traitlets import Dict
 
 import lora101
-from lora101.grading.jail import NOBODY
+from lora101.grading.jail import LAUNCH, NOBODY
 
 HOME = "/home/student"
 # The only files of /etc a Python kernel reads: the dynamic linker's cache and the time zone.
@@ -149,6 +149,10 @@ class SandboxKernelManager(AsyncKernelManager):
         env.update({name: os.environ[name] for name in PASSED_ENV if name in os.environ})
         env["LORA101_CACHE"] = str(cache_root())
         env["MPLCONFIGDIR"] = "/tmp/matplotlib"
+        # ipykernel watches the process named here and exits when it goes; inside the sandbox its parent is
+        # the sandbox's init (PID 1), which ipykernel knows never to watch. Set, it also stops ipykernel
+        # printing its "Ctrl-C will not work" notice into the grader's output.
+        env["JPY_PARENT_PID"] = "1"
         connection = str(self.workdir / "connection")
         return dict(
             bwrap=bwrap_path(),
@@ -166,7 +170,7 @@ class SandboxKernelManager(AsyncKernelManager):
         import json
 
         kernel = super().format_kernel_cmd(extra_arguments)
-        return [sys.executable, "-m", "lora101.grading.jail", json.dumps(self.sandbox_spec()), "--", *kernel]
+        return [sys.executable, "-c", LAUNCH, json.dumps(self.sandbox_spec()), "--", *kernel]
 
     async def _async_launch_kernel(self, kernel_cmd, **kw):
         kw["cwd"] = str(self.home)  # the grader's own folders are not the kernel's business
