@@ -144,3 +144,24 @@ def test_bad_timeouts_are_one_line_errors(tmp_path):
         )
         assert done.returncode == 2, done.stderr
         assert done.stderr.strip().count("\n") == 0 and option[0] in done.stderr, done.stderr
+
+
+def test_a_worker_that_dies_fails_only_its_submission(tmp_path):
+    """Unsandboxed (the only way a kernel can reach its grader), a kernel that kills its worker process
+    costs that submission, after one retry, and nobody else's grade."""
+    course, subs = make_course(tmp_path / "course"), tmp_path / "subs"
+    killer = submission(A, "correct")
+    killer.cells.insert(
+        1, nbformat.v4.new_code_cell("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)")
+    )
+    _write(subs, f"mallory/{A}/{A}.ipynb", killer)
+    for student in ("ada", "zoe"):
+        _write(subs, f"{student}/{A}/{A}.ipynb", submission(A, "correct"))
+    lines: list[str] = []
+    options = Options(cell_timeout=10, sandbox=False)
+    rows = {
+        r["student"]: r
+        for r in grade(subs, tmp_path / "out", course, options=options, jobs=2, log=lines.append)
+    }
+    assert rows["ada"]["score"] == 3.0 and rows["zoe"]["score"] == 3.0, rows
+    assert rows["mallory"]["status"].startswith("failed: the grading worker process died"), rows["mallory"]
