@@ -38,24 +38,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--timeout", type=int, default=CELL_TIMEOUT_S, help="seconds a cell may run (default %(default)s)"
     )
-    p.add_argument(
-        "--budget",
-        type=float,
-        default=SUBMISSION_BUDGET_S,
-        help="seconds of wall-clock time for one notebook, all cells together (default %(default)s)",
-    )
-    p.add_argument(
-        "--memory-gb",
-        type=float,
-        default=SandboxLimits.memory_bytes / 2**30,
-        help="memory one submission's kernel may use, in GiB (default %(default)s)",
-    )
-    p.add_argument(
-        "--unsandboxed",
-        action="store_true",
-        help="run students' code without the bubblewrap sandbox (only for code you trust; scores.csv "
-        "marks every submission so graded)",
-    )
+    _add_limits(p)
     p.add_argument(
         "--jobs", type=int, default=1, help="submissions graded at a time, one process each (default 1)"
     )
@@ -82,6 +65,28 @@ def register(subparsers) -> None:
         help=f"the course's exercises/ folder (default {COURSE_DIR})",
     )
     m.set_defaults(func=_merge_main)
+
+
+def _add_limits(p: argparse.ArgumentParser) -> None:
+    """The sandbox and the time a notebook may take."""
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=SUBMISSION_BUDGET_S,
+        help="seconds of wall-clock time for one notebook, all cells together (default %(default)s)",
+    )
+    p.add_argument(
+        "--memory-gb",
+        type=float,
+        default=SandboxLimits.memory_bytes / 2**30,
+        help="memory one submission's kernel may use, in GiB (default %(default)s)",
+    )
+    p.add_argument(
+        "--unsandboxed",
+        action="store_true",
+        help="run students' code without the bubblewrap sandbox (only for code you trust; scores.csv "
+        "marks every submission so graded)",
+    )
 
 
 def _shard(text: str) -> tuple[int, int]:

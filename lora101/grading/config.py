@@ -81,11 +81,7 @@ def grading_config(
     c.RobustExecute.timeout = int(cell_timeout)
     c.RobustExecute.submission_budget = float(budget)
     if sandbox:
-        from lora101.grading.sandbox import SandboxKernelManager
-
-        c.RobustExecute.kernel_manager_class = SandboxKernelManager
-        if limits:
-            c.SandboxKernelManager.limits = dict(limits)
+        _use_sandbox(c, limits)
     # The executor's findings (tampering, a kernel that died twice) travel in the notebook's metadata.
     c.ClearMetadataPreprocessor.preserve_nb_metadata_mask = {("language_info", "name"), ("lora101",)}
     c.OverwriteCells.add_missing_cells = True
@@ -102,6 +98,14 @@ def grading_config(
     ]
     configure_feedback(c)  # feedback without the hidden tests' code; "awaiting grading" for hand grades
     return c
+
+
+def _use_sandbox(c, limits: dict | None) -> None:
+    from lora101.grading.sandbox import SandboxKernelManager
+
+    c.RobustExecute.kernel_manager_class = SandboxKernelManager
+    if limits:
+        c.SandboxKernelManager.limits = dict(limits)
 
 
 def api_for(course_root: Path, **kwargs):

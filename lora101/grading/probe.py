@@ -21,10 +21,34 @@ import re
 
 EXPRESSION = "__import__('lora101.grading.probe', fromlist=['fingerprint']).fingerprint()"
 BUILTINS = (
-    "AssertionError", "Exception", "__import__", "abs", "all", "any", "compile", "eval", "exec", "float",
-    "getattr", "hasattr", "id", "int", "isinstance", "len", "max", "min", "open", "print", "range",
-    "repr", "round", "setattr", "str", "sum", "type",
-)  # fmt: skip
+    "AssertionError",
+    "Exception",
+    "__import__",
+    "abs",
+    "all",
+    "any",
+    "compile",
+    "eval",
+    "exec",
+    "float",
+    "getattr",
+    "hasattr",
+    "id",
+    "int",
+    "isinstance",
+    "len",
+    "max",
+    "min",
+    "open",
+    "print",
+    "range",
+    "repr",
+    "round",
+    "setattr",
+    "str",
+    "sum",
+    "type",
+)
 WATCHED_MODULES = ("builtins", "sys", "math", "numpy", "torch", "importlib", "lora101", "lora101.checks")
 # Tricks an answer cell has no business using: each is named in the review reason.
 SUSPICIOUS = {
@@ -89,11 +113,19 @@ def fingerprint() -> str:
         ip = None
     found = {
         "ipython": _ipython_part(ip),
-        "builtins": {n: f"{_name(getattr(builtins, n, None))}@{id(getattr(builtins, n, None))}" for n in BUILTINS},
-        "modules": {m: f"{id(sys.modules[m])}:{getattr(sys.modules[m], '__file__', '')}" for m in WATCHED_MODULES if m in sys.modules},
+        "builtins": {
+            n: f"{_name(getattr(builtins, n, None))}@{id(getattr(builtins, n, None))}" for n in BUILTINS
+        },
+        "modules": {
+            m: f"{id(sys.modules[m])}:{getattr(sys.modules[m], '__file__', '')}"
+            for m in WATCHED_MODULES
+            if m in sys.modules
+        },
         "checks": _checks_code(),
-        "trace": [_name(sys.gettrace()), _name(sys.getprofile())] if sys.gettrace() or sys.getprofile() else [],
-    }  # fmt: skip
+        "trace": [_name(sys.gettrace()), _name(sys.getprofile())]
+        if sys.gettrace() or sys.getprofile()
+        else [],
+    }
     return json.dumps(found, sort_keys=True)
 
 
