@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from lora101 import distributed
-from lora101.data import load_splits, prompt_text, tokenize_examples
+from lora101.data import DataError, load_splits, prompt_text, tokenize_examples
 from lora101.doctor import installed_versions
 from lora101.errors import Interrupted, OutputError
 from lora101.evaluate import evaluate_model, score
@@ -110,6 +110,8 @@ def run(
     train_ex, held_out = data if data is not None else _examples(config)
     tokenizer = load_tokenizer(config.model)
     train_ds = tokenize_examples(tokenizer, train_ex, _path(config.data), config.max_length)
+    if evaluate and not held_out:
+        raise DataError("no held-out examples to evaluate on: give some, or evaluate=False")
     if evaluate:  # the same length checks for the held-out examples, before anything is loaded
         tokenize_examples(tokenizer, held_out, _path(config.eval_data or config.data), config.max_length)
     start = time.perf_counter()
@@ -118,9 +120,8 @@ def run(
     distributed.start(choose_device(config.device).type)
     with _folder(out, config, resume, overwrite) as folder:
         try:
-            report = _job(
-                config, model, tokenizer, train_ds, held_out, folder, checkpoint, evaluate, callbacks
-            )
+            scored = held_out if evaluate else None
+            report = _job(config, model, tokenizer, train_ds, scored, folder, checkpoint, callbacks, progress)
         except KeyboardInterrupt:
             raise Interrupted(*_what_was_saved(out, fresh=not resume)) from None
     report.train_examples, report.output_dir = len(train_ex), out
@@ -131,11 +132,12 @@ def run(
 
 
 def _job(
-    config, model, tokenizer, train_ds, held_out, folder: Path, checkpoint, evaluate, callbacks
+    config, model, tokenizer, train_ds, held_out, folder: Path, checkpoint, callbacks, progress
 ) -> Report:
-    """Model, evaluation before, training, evaluation after: the part that runs in every process."""
+    """Model, evaluation before (``held_out``: None for none), training, evaluation after: the part that
+    runs in every process."""
     model = model if model is not None else build_model(config)
-    scorer = _evaluator(config, model, tokenizer, held_out) if evaluate else None
+    scorer = _evaluator(config, model, tokenizer, held_out) if held_out is not None else None
     before = _before(folder, scorer, resumed=checkpoint is not None) if scorer else None
     distributed.wait_for_everyone()  # the others wait while rank 0 measures the untrained model
     result = train(
@@ -146,8 +148,9 @@ def _job(
         folder / CHECKPOINTS,
         callbacks=callbacks,
         resume=checkpoint or False,
+        progress=progress,
     )
-    report = Report(config, model, tokenizer, result, before=before, held_out=held_out)
+    report = Report(config, model, tokenizer, result, before=before, held_out=held_out or [])
     report.resumed_from = checkpoint.name if checkpoint else None
     if scorer and distributed.is_main_process():
         report.after, report.predictions = scorer("after")
