@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check in one call: about 8 minutes of an H100, run from the repository root, results whatever fails.
+# The GPU check in one call, sized to end within 9 minutes, run from the repository root, results whatever fails.
 #
 #   bash tests/gpu_check.sh                                      # on a GPU machine (CUDA), sizes 1b,8b
 #   GPU_CHECK_DEVICE=cpu GPU_CHECK_SIZES=tiny bash tests/gpu_check.sh   # the CPU rehearsal (make test runs it)

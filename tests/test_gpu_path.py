@@ -124,7 +124,9 @@ def test_a_model_trained_under_autocast_matches_its_reloaded_adapter(tmp_path):
 @pytest.mark.slow
 def test_without_unwrapping_the_trained_model_computes_in_autocast(tmp_path, monkeypatch):
     """The failure the unwrapping prevents, shown: left wrapped, the trained model's logits are bf16-rounded."""
-    monkeypatch.setattr(ft, "drop_autocast_wrapper", lambda model: False)
+    from lora101.finetune import training  # where train() looks the function up
+
+    monkeypatch.setattr(training, "drop_autocast_wrapper", lambda model: False)
     model, reloaded, probe = _train_under_bf16_autocast(tmp_path)
     assert "_original_forward" in model.__dict__, "accelerate no longer wraps forward: this test is obsolete"
     wrapped, plain = _logits(model, probe), _logits(reloaded, probe)

@@ -2,7 +2,7 @@
 
 tests/gpu_check.sh calls it (README, "The GPU check", says how to run it and what it writes):
 
-    python tests/gpu/run.py [--out DIR] [--bundle DIR] [--device cuda] [--sizes 1b,8b] [--budget-s 540]
+    python tests/gpu/run.py [--out DIR] [--bundle DIR] [--device cuda] [--sizes 1b,8b] [--budget-s 500]
     python tests/gpu/run.py carry [DEST]   # what a machine with no network needs, into DEST (at most 64 MiB)
 
 Steps, in order: the machine (GPU, driver, versions, TF32 settings); ``lora101 doctor``; a random-weight
@@ -372,7 +372,7 @@ def _options(argv: list[str]) -> argparse.Namespace:
                         help="a folder to copy results.json, scale.jsonl, table.md, lesson5.json, steps.tar.gz to")  # fmt: skip
     parser.add_argument("--device", default=env("GPU_CHECK_DEVICE") or "cuda")
     parser.add_argument("--sizes", default=env("GPU_CHECK_SIZES") or "1b,8b")
-    parser.add_argument("--budget-s", type=float, default=float(env("GPU_CHECK_BUDGET_S") or 540))
+    parser.add_argument("--budget-s", type=float, default=float(env("GPU_CHECK_BUDGET_S") or 500))
     parser.add_argument("--break", dest="broken", default=env("GPU_CHECK_BREAK") or "",
                         help="comma-separated steps to replace by a failing command (tests the rest still run)")  # fmt: skip
     parser.add_argument("--carry", type=Path, default=Path(env("GPU_CHECK_CARRY") or CARRY))
@@ -380,7 +380,7 @@ def _options(argv: list[str]) -> argparse.Namespace:
     opts.sizes = [s.strip() for s in opts.sizes.split(",") if s.strip()]
     opts.broken = {s.strip() for s in opts.broken.split(",") if s.strip()}
     tiny = "tiny" in opts.sizes
-    # tiny: the CPU rehearsal, minutes on two cores; else about 8 minutes of an H100
+    # tiny: the CPU rehearsal, minutes on two cores; else sized for one GPU call of at most 9 minutes
     opts.lesson5_steps, opts.batch, opts.finetune_steps = (4, 4, 2) if tiny else (60, 16, 20)
     opts.seq_len, opts.scale_batch = (64, 1) if tiny else (int(env("GPU_CHECK_SEQ_LEN") or 2048), 2)
     opts.scale_steps = {"default": 2} if tiny else {"1b": 10, "8b": 4, "default": 4}
