@@ -23,7 +23,7 @@ LAB_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.lora101-installed
 
-.PHONY: setup model lab test lint doctor clean-venv
+.PHONY: setup model lab test lint doctor gpu-carry clean-venv
 
 setup: $(STAMP) model
 	@sh tests/ensure_bubblewrap.sh
@@ -66,6 +66,11 @@ lint: $(STAMP)
 
 doctor: $(STAMP)
 	$(BIN)/lora101 doctor
+
+# What tests/gpu_check.sh needs on a GPU machine without network (wheels, tokenizer, config; about 11 MiB),
+# in test-artifacts/gpu-carry/: see README, "The GPU check".
+gpu-carry: $(STAMP)
+	$(BIN)/python tests/gpu/run.py carry
 
 clean-venv:
 	rm -rf $(VENV)
