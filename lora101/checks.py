@@ -30,10 +30,15 @@ __all__ = [
     "lora_init",
     "lora_forward",
     "lora_merge",
+    "lora_rslora",
+    "lora_bf16",
     "absmax_blocks",
     "nf4_codes",
     "pack_nibbles",
     "dequantize",
+    "reference_codes",
+    "reference_absmax",
+    "reference_quantize",
     "bits_per_param",
     "bnb_config",
     "lora_config",
@@ -342,9 +347,64 @@ def lora_forward(
         )
 
 
+def _rounded_once(weight: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
+    """Per entry: is ``weight`` the value nearest ``exact`` in its own dtype (float32 merges: within float32's
+    rounding)? A tie broken either way, and float32 noise in how the update was computed, are both fair."""
+    w, exact = weight.detach().double(), exact.double()
+    if weight.dtype == torch.float32:
+        return (w - exact).abs() <= 1e-5 * exact.abs() + 1e-6
+    nearest = exact.to(weight.dtype).double()
+    return (w - exact).abs() <= (nearest - exact).abs() + 2.0**-20 * exact.abs() + 1e-12
+
+
+def _check_merged_weight(weight: torch.Tensor, w0: torch.Tensor, delta: torch.Tensor, s: float) -> None:
+    """After merge(): the weight is W + delta rounded once to W's dtype (``delta`` in float64, scaled by s)."""
+    dtype = w0.dtype
+    assert weight.dtype == dtype, (
+        f"merge() turned the {_dtype_name(dtype)} weight into {_dtype_name(weight.dtype)}: the layers "
+        f"around it still compute in {_dtype_name(dtype)}; round the merged weight back to its own dtype"
+    )
+    exact = w0.double() + delta
+    if _rounded_once(weight, exact).all():
+        return
+    # within a few units of bf16's last place at the weights' scale: right up to rounding, rounded more than once
+    near = ((weight.double() - exact).abs() <= 2.0**-5 * exact.abs().max()).all()
+    if s != 1 and _rounded_once(weight, w0.double() + delta / s).all():
+        raise AssertionError(
+            "after merge() the base weight should be W + scaling * B @ A (the scaling is missing)"
+        )
+    if dtype != torch.float32 and near:
+        bad = int((~_rounded_once(weight, exact)).sum())
+        raise AssertionError(
+            f"after merge() {bad} of {weight.numel()} {_dtype_name(dtype)} weights are not the nearest "
+            f"{_dtype_name(dtype)} value to W + scaling * B @ A: the update was rounded twice (to {_dtype_name(dtype)} "
+            f"before the addition, or added in {_dtype_name(dtype)}). Add it in float32 and round the sum once: "
+            "weight.copy_(weight.float() + scaling * B @ A)"
+        )
+    raise AssertionError("after merge() the base weight should be W + scaling * B @ A")
+
+
+def _check_unmerged_weight(weight: torch.Tensor, w0: torch.Tensor, merged_weight: torch.Tensor) -> None:
+    """After unmerge(): the original weight, bit for bit."""
+    assert weight.dtype == w0.dtype, f"unmerge() changed the weight's dtype to {_dtype_name(weight.dtype)}"
+    if torch.equal(weight, merged_weight):
+        raise AssertionError(
+            "unmerge() left the merged weight in place: it should restore the original weight"
+        )
+    wrong = (weight != w0).sum().item()
+    off = (weight.float() - w0.float()).abs().max().item()
+    why = f" (by up to {off:.2g}): W + d is rounded to the weight's precision, so subtracting d again does not give W"
+    if w0.dtype != torch.float32:
+        why += f" back ({_dtype_name(w0.dtype)} keeps only 8 significant bits)"
+    why += "; keep what you need to restore it at merge()"
+    assert wrong == 0, (
+        f"unmerge() should restore the original weight bit for bit; {wrong} of {w0.numel()} entries differ{why}"
+    )
+
+
 def lora_merge(cls, fin=20, fout=12, r=4, alpha=8.0, use_rslora=False, dtype=torch.float32) -> None:
-    """merge() folds scaling * B @ A into the weight (same outputs, merged=True, the weight's dtype kept);
-    unmerge() restores the original weight bit for bit, also on a bf16 base."""
+    """merge() folds scaling * B @ A into the weight (rounded once to its dtype; same outputs; merged=True);
+    unmerge() restores the original weight bit for bit. A second merge() or unmerge() changes nothing."""
     base, w0, layer = _layer(cls, fin, fout, r, alpha, use_rslora=use_rslora, dtype=dtype)
     with torch.no_grad():
         layer.lora_B.normal_()
@@ -355,46 +415,119 @@ def lora_merge(cls, fin=20, fout=12, r=4, alpha=8.0, use_rslora=False, dtype=tor
         delta = s * layer.lora_B.detach().double() @ layer.lora_A.detach().double()
         layer.merge()
         assert getattr(layer, "merged", None) is True, "after merge(), layer.merged should be True"
-        assert base.weight.dtype == dtype, (
-            f"merge() turned the {_dtype_name(dtype)} weight into {_dtype_name(base.weight.dtype)}: the layers "
-            f"around it still compute in {_dtype_name(dtype)}; round the merged weight back to its own dtype"
-        )
-        exact = w0.double() + delta
-        rtol = 1e-5 if dtype == torch.float32 else 2.0**-7  # one unit in bf16's last place: any fair rounding
-        ok = ((base.weight.double() - exact).abs() <= rtol * exact.abs() + 1e-6).all()
-        unscaled = (
-            (base.weight.double() - (w0.double() + delta / s)).abs() <= rtol * exact.abs() + 1e-6
-        ).all()
-        assert ok, "after merge() the base weight should be W + scaling * B @ A" + (
-            " (the scaling is missing)" if unscaled and s != 1 else ""
-        )
+        _check_merged_weight(base.weight, w0, delta, s)
         merged_weight = base.weight.detach().clone()
-        after = layer(x)
         atol = 1e-5 if dtype == torch.float32 else 2 * _bf16_tolerance(before)
-        assert (after.float() - before.float()).abs().max() <= atol, (
+        assert (layer(x).float() - before.float()).abs().max() <= atol, (
             "merged forward differs from the unmerged one: once merged, the adapter must not be added again"
+        )
+        layer.merge()
+        assert torch.equal(base.weight, merged_weight) and layer.merged is True, (
+            "merge() on a layer that is already merged should change nothing (PEFT warns and does nothing): the "
+            "update is in the weight once, and unmerge() must still find the original weight"
         )
         layer.unmerge()
         assert getattr(layer, "merged", None) is False, "after unmerge(), layer.merged should be False"
-        assert base.weight.dtype == dtype, (
-            f"unmerge() changed the weight's dtype to {_dtype_name(base.weight.dtype)}"
-        )
-        wrong = (base.weight != w0).sum().item()
-        off = (base.weight.float() - w0.float()).abs().max().item()
-        if torch.equal(base.weight, merged_weight):
-            raise AssertionError(
-                "unmerge() left the merged weight in place: it should restore the original weight"
-            )
-        why = f" (by up to {off:.2g}): W + d is rounded to the weight's precision, so subtracting d again does not give W"
-        if dtype != torch.float32:
-            why += f" back ({_dtype_name(dtype)} keeps only 8 significant bits)"
-        why += "; keep what you need to restore it at merge()"
-        assert wrong == 0, (
-            f"unmerge() should restore the original weight bit for bit; {wrong} of {w0.numel()} entries differ{why}"
+        _check_unmerged_weight(base.weight, w0, merged_weight)
+        layer.unmerge()
+        assert torch.equal(base.weight, w0) and layer.merged is False, (
+            "unmerge() on a layer that is not merged should change nothing (PEFT warns and does nothing)"
         )
         assert torch.allclose(layer(x).float(), before.float(), atol=1e-6), (
             "after unmerge() the forward should be as before"
         )
+
+
+def _twins(cls, fin, fout, r, alpha, use_rslora=(False, False), dtypes=(torch.float32, torch.float32)):
+    """Two of the learner's layers on bases with the same weights (the first's values, exactly), with the same
+    non-zero A and B: what the rsLoRA and bfloat16 checks compare, so that they judge only what that option
+    changes and a mistake the other test cells catch is not charged again."""
+    torch.manual_seed(0)
+    first = nn.Linear(fin, fout).to(dtypes[0])
+    second = nn.Linear(fin, fout).to(dtypes[1])
+    second.load_state_dict({k: v.to(dtypes[1]) for k, v in first.state_dict().items()})
+    layers = [_build(cls, b, r, alpha, rs) for b, rs in zip((first, second), use_rslora, strict=True)]
+    with torch.no_grad():
+        layers[0].lora_B.normal_()
+        layers[1].lora_A.copy_(layers[0].lora_A)
+        layers[1].lora_B.copy_(layers[0].lora_B)
+    return (first, second), layers
+
+
+def _times(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The factor k that makes k * b closest to a."""
+    a, b = a.double().reshape(-1), b.double().reshape(-1)
+    return float((a @ b) / (b @ b)) if float(b @ b) > 0 else float("nan")
+
+
+def lora_rslora(cls, fin=20, fout=12, r=4, alpha=8.0) -> None:
+    """``use_rslora=True``: scaling alpha / sqrt(r), and forward and merge() use it. Judged against the
+    learner's own plain layer with the same A and B (its update must be sqrt(r) times as large)."""
+    want = alpha / r**0.5
+    (b_rs, b_plain), (rs, plain) = _twins(cls, fin, fout, r, alpha, use_rslora=(True, False))
+    got = getattr(rs, "scaling", None)
+    assert isinstance(got, (int, float)), f"layer.scaling should be a number, got {got!r}"
+    assert not _isclose(float(got), alpha / r), (
+        f"use_rslora=True asks for rsLoRA's scaling alpha / sqrt(r) = {want:g}, not the plain alpha / r"
+    )
+    _close(float(got), want, what=f"scaling for r={r}, alpha={alpha}, use_rslora=True (alpha / sqrt(r))")
+    own = getattr(plain, "scaling", None)
+    if not isinstance(own, (int, float)) or own == 0:
+        return  # the plain layer's scaling is the initialisation test's business
+    ratio = want / float(own)
+    x = torch.randn(3, fin)
+    with torch.no_grad():
+        k = _times(rs(x) - b_rs(x), plain(x) - b_plain(x))
+        assert k != k or _isclose(k, ratio, rel_tol=1e-4), (
+            f"forward with use_rslora=True adds {k:.4g} times the plain layer's update; its scaling alpha / sqrt(r) "
+            f"= {want:g} against {float(own):g} makes that {ratio:.4g}: forward should use self.scaling"
+        )
+        w_rs, w_plain = b_rs.weight.detach().clone(), b_plain.weight.detach().clone()
+        rs.merge()
+        plain.merge()
+        k = _times(b_rs.weight - w_rs, b_plain.weight - w_plain)
+        assert k != k or _isclose(k, ratio, rel_tol=1e-4), (
+            f"merge() with use_rslora=True adds {k:.4g} times the plain layer's update to the weight; it should "
+            f"be {ratio:.4g} (alpha / sqrt(r) = {want:g}): merge() should use self.scaling"
+        )
+
+
+def lora_bf16(cls, fin=20, fout=12, r=4, alpha=8.0) -> None:
+    """A bfloat16 base: float32 adapter, outputs in bf16, the merged weight in bf16 rounded once, and unmerge()
+    exact. Judged against the learner's own layer on a float32 copy of the same base, so that a mistake the
+    float32 test cells catch is not charged again."""
+    bf16 = torch.bfloat16
+    (b16, b32), (l16, l32) = _twins(cls, fin, fout, r, alpha, dtypes=(bf16, torch.float32))
+    for name in ("lora_A", "lora_B"):
+        p = getattr(l16, name)
+        assert p.dtype == torch.float32, (
+            f"{name} is {_dtype_name(p.dtype)} on a bfloat16 base: the adapter is created in float32 whatever the "
+            "base's dtype (bf16 keeps 8 significant bits, so small optimizer steps on bf16 weights round away)"
+        )
+    x = torch.randn(3, fin).to(bf16)
+    with torch.no_grad():
+        got, want = _call(l16, x), l32(x.float())
+        assert got.dtype == bf16, (
+            f"on a bfloat16 base the output should be bfloat16 (the next layer expects it), got "
+            f"{_dtype_name(got.dtype)}: cast the float32 adapter path back before adding it"
+        )
+        diff, atol = (got.float() - want.float()).abs().max(), _bf16_tolerance(want)
+        assert diff <= atol, (
+            f"on a bfloat16 base forward differs from the same layer on a float32 copy of the base by up to "
+            f"{diff:.3g} (bf16 rounding allows {atol:.2g})"
+        )
+        w16, w32 = b16.weight.detach().clone(), b32.weight.detach().clone()
+        l16.merge()
+        l32.merge()
+        _check_merged_weight(b16.weight, w16, b32.weight.double() - w32.double(), 1.0)
+        merged = b16.weight.detach().clone()
+        l16.unmerge()
+        l32.unmerge()
+        assert b16.weight.dtype == bf16, (
+            f"unmerge() changed the weight's dtype to {_dtype_name(b16.weight.dtype)}"
+        )
+        if torch.equal(b32.weight, w32):  # a float32 unmerge that is not exact is the merge test's business
+            _check_unmerged_weight(b16.weight, w16, merged)
 
 
 # ---------------------------------------------------------------- 3. NF4
@@ -501,18 +634,43 @@ def pack_nibbles(fn) -> None:
     )
 
 
-def dequantize(fn, quantize) -> None:
-    """``fn(packed, absmax, n, blocksize)`` -> float32 (n,) = NF4_CODE[code] * absmax of its block."""
-    w = _gauss(64 * 3 + 6, seed=2)
-    packed, absmax = quantize(w, 64)
-    got = fn(packed, absmax, w.numel(), 64)
-    assert isinstance(got, torch.Tensor) and got.numel() == w.numel(), f"expected {w.numel()} values back"
+def reference_pack(codes: torch.Tensor) -> torch.Tensor:
+    """Two codes a byte, the first in the high nibble (bitsandbytes' order); an odd count ends in a zero nibble."""
+    c = codes.reshape(-1).to(torch.uint8)
+    if c.numel() % 2:
+        c = torch.cat([c, torch.zeros(1, dtype=torch.uint8)])
+    return (c[0::2] << 4) | c[1::2]
+
+
+def reference_quantize(w: torch.Tensor, blocksize: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(packed codes, absmax per block) of ``w``, made here: what the dequantisation check hands the learner."""
+    return reference_pack(reference_codes(w, blocksize)), reference_absmax(w, blocksize)
+
+
+def dequantize(fn) -> None:
+    """``fn(packed, absmax, n, blocksize)`` -> float32 (n,) = NF4_CODE[code] * absmax of its block, on packed
+    codes made by this module (so that a packing or coding mistake is charged to its own test, not here); an
+    odd ``n`` leaves a padding nibble that must be dropped."""
     code = torch.tensor(NF4_CODE)
-    want = code[reference_codes(w, 64).long()] * reference_absmax(w, 64).repeat_interleave(64)[: w.numel()]
-    assert torch.allclose(got.reshape(-1).float(), want, atol=1e-7), (
-        "each value is NF4_CODE[code] * absmax of its block"
-    )
-    assert got.dtype == torch.float32, f"return float32 values, got {got.dtype}"
+    for n, seed in ((64 * 3 + 6, 2), (64 * 2 + 5, 3)):
+        w = _gauss(n, seed=seed)
+        packed, absmax = reference_quantize(w, 64)
+        got = fn(packed.clone(), absmax.clone(), n, 64)
+        assert isinstance(got, torch.Tensor), f"return a tensor, got {type(got).__name__}"
+        assert got.numel() == n, (
+            f"dequantize(packed, absmax, n={n}, 64) gave {got.numel()} values; expected {n}"
+            + (
+                f": {packed.numel()} bytes hold {2 * packed.numel()} nibbles, the last one padding (n is odd): "
+                "keep the first n codes"
+                if n % 2 and got.numel() == n + 1
+                else ""
+            )
+        )
+        want = code[reference_codes(w, 64).long()] * absmax.repeat_interleave(64)[:n]
+        assert torch.allclose(got.reshape(-1).float(), want, atol=1e-7), (
+            "each value is NF4_CODE[code] * absmax of its block (the codes come high nibble first)"
+        )
+        assert got.dtype == torch.float32, f"return float32 values, got {got.dtype}"
 
 
 def bits_per_param(fn) -> None:
@@ -522,6 +680,12 @@ def bits_per_param(fn) -> None:
     if isinstance(got, (int, float)) and _isclose(got, 4 + 8 / 64):
         raise AssertionError(
             "double quantisation also stores an fp32 constant per 256 blocks: 32 / (64 * 256) bits"
+        )
+    if isinstance(got, (int, float)) and _isclose(got, 4 + 32 / 64):
+        raise AssertionError(
+            "bits_per_param(64, double_quant=True) gave 4.5, the figure without double quantisation. With it, each "
+            "block's absmax is stored in 8 bits instead of 32 (8 / 64 = 0.125 bits a parameter) and every 256 "
+            "blocks share one more 32-bit constant (32 / (64 * 256) = 0.002): 4 + 0.125 + 0.002 = 4.127"
         )
     _close(got, 4 + 8 / 64 + 32 / (64 * 256), what="bits_per_param(64, double_quant=True)")
 
@@ -555,6 +719,23 @@ def _smollm2_module_names() -> list[str]:
     return attn + mlp + ["lm_head"]
 
 
+def _is_all_linear(target_modules) -> bool:
+    from peft.utils import INCLUDE_LINEAR_LAYERS_SHORTHAND
+
+    return isinstance(target_modules, str) and target_modules.lower() == INCLUDE_LINEAR_LAYERS_SHORTHAND
+
+
+def _adapted(cfg, names: list[str]) -> list[str]:
+    """The modules among ``names`` that PEFT adapts with ``cfg.target_modules``. 'all-linear' is expanded when
+    PEFT wraps a model (every linear layer except the output layer of a model that has one, lm_head here), so
+    it matches no name on its own: expand it as PEFT does."""
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    if _is_all_linear(cfg.target_modules):
+        return [n for n in names if n != "lm_head"]
+    return [n for n in names if check_target_module_exists(cfg, n)]
+
+
 def lora_config(
     cfg, r=16, scaling=4.0, dropout=0.05, targets=("q_proj", "k_proj", "v_proj", "o_proj")
 ) -> None:
@@ -562,7 +743,6 @@ def lora_config(
     ``target_modules`` may be a list or set of names or a regular expression: it is judged by the modules of
     SmolLM2 that PEFT would adapt with it."""
     from peft import LoraConfig
-    from peft.tuners.tuners_utils import check_target_module_exists
 
     assert isinstance(cfg, LoraConfig), f"return a peft.LoraConfig, got {type(cfg).__name__}"
     assert cfg.r == r, f"r = {cfg.r}, the constraint says {r}"
@@ -578,14 +758,17 @@ def lora_config(
     )
     assert _isclose(cfg.lora_dropout, dropout), f"lora_dropout = {cfg.lora_dropout}, expected {dropout}"
     names = _smollm2_module_names()
-    adapted = [n for n in names if check_target_module_exists(cfg, n)]
+    adapted = _adapted(cfg, names)
     want = [n for n in names if n.rsplit(".", 1)[-1] in targets and ".self_attn." in n]
     kinds = sorted({n.rsplit(".", 1)[-1] for n in adapted})
+    shorthand = _is_all_linear(cfg.target_modules)
     assert adapted == want, (
         f"target_modules={cfg.target_modules!r} adapts {len(adapted)} of SmolLM2's linear layers ({kinds}); the "
         f"constraint is the four attention projections {list(targets)} of every block ({len(want)} layers)"
         + (
-            "; a single string is a regular expression over the whole module name"
+            "; 'all-linear' is PEFT's shorthand for every linear layer but the output layer (lm_head)"
+            if shorthand
+            else "; a single string is a regular expression over the whole module name"
             if isinstance(cfg.target_modules, str)
             else ""
         )
@@ -629,7 +812,9 @@ def reference_route(c: dict) -> str:
 
 
 def route_cases() -> list[dict]:
-    """Constraint sets that walk every branch of the path (a 7B model on a 12 GB GPU among them: QLoRA)."""
+    """Constraint sets that walk every branch of the path (a 7B model on a 12 GB GPU among them: QLoRA), with
+    a model that fits each route at exactly the GPU's memory (the products are exact in floating point, in
+    whatever order they are computed) and full fine-tuning that fits but is not wanted."""
     base = dict(
         prompting_good_enough=False,
         task_boundary_clear=True,
@@ -648,11 +833,40 @@ def route_cases() -> list[dict]:
         {**base, "n_params": 1e9, "gpu_memory_gb": 16, "want_full_capacity": True},
         {**base, "n_params": 7e9, "gpu_memory_gb": 80, "want_full_capacity": True},
         {**base, "n_params": 39.5e9, "gpu_memory_gb": 24},  # 4 bits would fit; NF4's constants do not
+        {**base, "n_params": 1e9, "gpu_memory_gb": 80},  # full would fit, but is not wanted
+        {**base, "n_params": 2e9, "gpu_memory_gb": 32, "want_full_capacity": True},  # full at exactly 32 GB
+        {**base, "n_params": 7e9, "gpu_memory_gb": 16.8},  # lora at exactly 7 x 2 x 1.2 GB
+        {**base, "n_params": 32e9, "gpu_memory_gb": 19.809375},  # qlora at exactly 32 x NF4_BITS / 8 x 1.2 GB
     ]
     return cases
 
 
+def _route_needs(c: dict) -> dict[str, float]:
+    """The memory each fine-tuning route needs, in decimal GB, as the notebook states it."""
+    from lora101.memory import NF4_BITS
+
+    gb = c["n_params"] / 1e9
+    return {"full": gb * FULL_BYTES, "lora": gb * 2 * HEADROOM, "qlora": gb * NF4_BITS / 8 * HEADROOM}
+
+
+def _route_hint(c: dict, got, want: str) -> str:
+    """Why ``want`` and not ``got``, for the two mistakes that are easy to make."""
+    needs = _route_needs(c)
+    if got == "full" and not c["want_full_capacity"]:
+        return (
+            f"; full fine-tuning fits ({needs['full']:g} GB) but is not wanted (want_full_capacity=False): the "
+            "path takes it only when the task needs every weight to change"
+        )
+    if want in needs and needs[want] == c["gpu_memory_gb"]:
+        return f"; the {want} route needs exactly {needs[want]!r} GB, the GPU's memory: 'fits' means <="
+    return ""
+
+
 def choose_route(fn) -> None:
+    """``fn(c)`` -> the route of exercise 5's decision path, on constraint sets that walk every branch."""
     for c in route_cases():
         got, want = fn(dict(c)), reference_route(c)
-        assert got == want, f"choose_route({c}) returned {got!r}; the path in the notebook gives {want!r}"
+        assert got == want, (
+            f"choose_route({c}) returned {got!r}; the path in the notebook gives {want!r}"
+            + _route_hint(c, got, want)
+        )
