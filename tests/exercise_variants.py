@@ -4,13 +4,14 @@
 "right": {name: code}}``. A variant's code is what a learner would put in the answer cell: if it starts with
 ``+`` it is appended to the reference solution (the learner got the rest right and one function wrong),
 otherwise it replaces the whole cell. Every wrong answer must make its test cell fail (fewer than full
-marks) and every right one must pass (full marks), with visible and hidden tests together.
+marks) and every right one must pass (full marks), with visible and hidden tests together. ``SPARED`` lists
+wrong answers that another test cell catches and that a given test cell must therefore not charge again.
 """
 
 from __future__ import annotations
 
 # ------------------------------------------------------------------ 2: a LoRA layer, as knobs on one template
-LAYER = '''
+LAYER = """
 class LoRALayer(nn.Module):
     def __init__(self, base, r, alpha, use_rslora=False):
         super().__init__()
@@ -29,6 +30,7 @@ class LoRALayer(nn.Module):
         return y + ({adapter}){cast}
 
     def merge(self):
+        {merge_guard}
         w = self.base.weight
         with torch.no_grad():
             self.saved = w.detach().clone()
@@ -36,11 +38,12 @@ class LoRALayer(nn.Module):
         self.merged = True
 
     def unmerge(self):
+        {unmerge_guard}
         w = self.base.weight
         with torch.no_grad():
             {unmerge}
         self.merged = False
-'''
+"""
 GOOD = dict(
     freeze="base.weight.requires_grad_(False); base.bias.requires_grad_(False)",
     a_shape="r, base.in_features",
@@ -52,6 +55,8 @@ GOOD = dict(
     cast=".to(y.dtype)",
     merge="w.copy_(w.float() + self.scaling * self.lora_B @ self.lora_A)",
     unmerge="w.copy_(self.saved)",
+    merge_guard="if self.merged: return",
+    unmerge_guard="if not self.merged: return",
 )
 
 
@@ -90,6 +95,8 @@ class LoRALayer(nn.Module):
         return out + F.linear(F.linear(x.to(torch.float32), self.lora_A), self.lora_B).mul(self.scaling).to(out.dtype)
 
     def merge(self):
+        if self.merged:
+            return
         w = self.base.weight.data
         original = w.double()
         w.copy_(w.float() + self.scaling * torch.mm(self.lora_B, self.lora_A))
@@ -97,6 +104,8 @@ class LoRALayer(nn.Module):
         self.merged = True
 
     def unmerge(self):
+        if not self.merged:
+            return
         w = self.base.weight.data
         w.copy_(w.double() + self.residue)
         self.merged = False
@@ -232,16 +241,16 @@ VARIANTS: dict[str, dict[str, dict]] = {
             "wrong": {
                 "B_random": layer(b_init="torch.randn(base.out_features, r) * 0.01"),
                 "scaling_inverted": layer(scaling="r / alpha"),
-                "A_transposed": layer(a_shape="base.in_features, r",
-                                      adapter="self.scaling * (x.float() @ self.lora_A @ self.lora_B.T)",
-                                      merge="w.copy_(w.float() + self.scaling * (self.lora_A @ self.lora_B.T).T)"),
+                "A_transposed": layer(
+                    a_shape="base.in_features, r",
+                    adapter="self.scaling * (x.float() @ self.lora_A @ self.lora_B.T)",
+                    merge="w.copy_(w.float() + self.scaling * (self.lora_A @ self.lora_B.T).T)",
+                ),
                 "base_not_frozen": layer(freeze="pass"),
-                "A_zero": layer().replace("nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))", "nn.init.zeros_(self.lora_A)"),
-                "rslora_ignored": layer(scaling="alpha / r"),
+                "A_zero": layer().replace(
+                    "nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))", "nn.init.zeros_(self.lora_A)"
+                ),
                 "rslora_always": layer(scaling="alpha / math.sqrt(r)"),
-                "adapter_in_base_dtype": layer(adapter_dtype="base.weight.dtype",
-                                               b_init="torch.zeros(base.out_features, r, dtype=base.weight.dtype)",
-                                               adapter="self.scaling * (x @ self.lora_A.T @ self.lora_B.T)"),
             },
             "right": {"residue": LAYER_RESIDUE, "effective_weight": LAYER_DELTA},
         },
@@ -251,10 +260,9 @@ VARIANTS: dict[str, dict[str, dict]] = {
                 "no_scaling": layer(adapter="x.float() @ self.lora_A.T @ self.lora_B.T"),
                 "no_adapter": layer(adapter="0 * (x.float() @ self.lora_A.T @ self.lora_B.T)"),
                 "scaling_inverted": layer(scaling="r / alpha"),
-                "B_A_order": layer(adapter="self.scaling * (x.float() @ (self.lora_A.T @ self.lora_B.T).T.T.T)"),
-                "rslora_ignored": layer(scaling="alpha / r"),
-                "no_float_cast": layer(adapter="self.scaling * (x @ self.lora_A.T @ self.lora_B.T)"),
-                "float32_output": layer(cast=""),
+                "B_A_order": layer(
+                    adapter="self.scaling * (x.float() @ (self.lora_A.T @ self.lora_B.T).T.T.T)"
+                ),
             },
             "right": {"residue": LAYER_RESIDUE, "effective_weight": LAYER_DELTA},
         },
@@ -265,11 +273,58 @@ VARIANTS: dict[str, dict[str, dict]] = {
                 "adds_twice": layer(merged_guard=" and False"),
                 "unmerge_flag_only": layer(unmerge="pass"),
                 "unmerge_subtracts": layer(**SUBTRACTS),
-                "merge_upcasts": layer(merge="self.base.weight = nn.Parameter(w.float() + self.scaling * self.lora_B @ self.lora_A, "
-                                             "requires_grad=False)", unmerge="self.base.weight = nn.Parameter(self.saved, requires_grad=False)"),
+                "merge_twice_saves_merged": layer(merge_guard="pass"),
             },
-            "right": {"residue": LAYER_RESIDUE, "effective_weight": LAYER_DELTA,
-                      "in_place_add": layer(merge="w += self.scaling * self.lora_B @ self.lora_A")},
+            "right": {
+                "residue": LAYER_RESIDUE,
+                "effective_weight": LAYER_DELTA,
+                "in_place_add": layer(merge="w += self.scaling * self.lora_B @ self.lora_A"),
+            },
+        },
+        "test_rslora_scaling": {
+            "answer": "answer_layer",
+            "wrong": {
+                "rslora_ignored": layer(scaling="alpha / r"),
+                "sqrt_of_ratio": layer(scaling="math.sqrt(alpha / r) if use_rslora else alpha / r"),
+                "forward_plain_scaling": layer(
+                    freeze=GOOD["freeze"] + "; self.plain = alpha / r",
+                    adapter="self.plain * (x.float() @ self.lora_A.T @ self.lora_B.T)",
+                ),
+                "merge_plain_scaling": layer(
+                    freeze=GOOD["freeze"] + "; self.plain = alpha / r",
+                    merge="w.copy_(w.float() + self.plain * self.lora_B @ self.lora_A)",
+                ),
+            },
+            "right": {
+                "residue": LAYER_RESIDUE,
+                "effective_weight": LAYER_DELTA,
+                "power": layer(scaling="alpha * r ** (-0.5 if use_rslora else -1)"),
+            },
+        },
+        "test_bf16_base": {
+            "answer": "answer_layer",
+            "wrong": {
+                "adapter_in_base_dtype": layer(
+                    adapter_dtype="base.weight.dtype",
+                    b_init="torch.zeros(base.out_features, r, dtype=base.weight.dtype)",
+                    adapter="self.scaling * (x @ self.lora_A.T @ self.lora_B.T)",
+                ),
+                "no_float_cast": layer(adapter="self.scaling * (x @ self.lora_A.T @ self.lora_B.T)"),
+                "float32_output": layer(cast=""),
+                "merge_upcasts": layer(
+                    merge="self.base.weight = nn.Parameter(w.float() + self.scaling * self.lora_B @ self.lora_A, "
+                    "requires_grad=False)",
+                    unmerge="self.base.weight = nn.Parameter(self.saved, requires_grad=False)",
+                ),
+                "merge_in_bf16": layer(
+                    merge="w.copy_(w + (self.scaling * self.lora_B @ self.lora_A).to(w.dtype))"
+                ),
+            },
+            "right": {
+                "residue": LAYER_RESIDUE,
+                "effective_weight": LAYER_DELTA,
+                "in_place_add": layer(merge="w += self.scaling * self.lora_B @ self.lora_A"),
+            },
         },
     },
     "03_nf4": {
@@ -354,6 +409,9 @@ VARIANTS: dict[str, dict[str, dict]] = {
                 "    return CODE[codes.long()] * absmax.repeat_interleave(blocksize)[:n]",
                 "no_absmax": "+def dequantize(packed, absmax, n, blocksize):\n"
                 "    return CODE[torch.stack([packed >> 4, packed & 0x0F], dim=1).reshape(-1)[:n].long()]",
+                "no_trim": "+def dequantize(packed, absmax, n, blocksize):\n"
+                "    codes = torch.stack([packed >> 4, packed & 0x0F], dim=1).reshape(-1)\n"
+                "    return CODE[codes.long()] * absmax.repeat_interleave(blocksize)[: codes.numel()]",
                 "tiled_absmax": "+def dequantize(packed, absmax, n, blocksize):\n"
                 "    codes = torch.stack([packed >> 4, packed & 0x0F], dim=1).reshape(-1)[:n]\n"
                 "    return CODE[codes.long()] * absmax.repeat(blocksize)[:n]",
@@ -420,6 +478,8 @@ VARIANTS: dict[str, dict[str, dict]] = {
                 "        bias='none', task_type='CAUSAL_LM', target_modules=r'.*_proj')",
                 "regex_not_whole_name": "+def make_lora_config():\n    return LoraConfig(r=16, lora_alpha=16, use_rslora=True, lora_dropout=0.05,\n"
                 "        bias='none', task_type='CAUSAL_LM', target_modules='(q|k|v|o)_proj')",
+                "all_linear": "+def make_lora_config():\n    return LoraConfig(r=16, lora_alpha=16, use_rslora=True, lora_dropout=0.05,\n"
+                "        bias='none', task_type='CAUSAL_LM', target_modules='all-linear')",
                 "seq_cls": "+def make_lora_config():\n    return LoraConfig(r=16, lora_alpha=16, use_rslora=True, lora_dropout=0.05,\n"
                 "        bias='none', task_type='SEQ_CLS', target_modules=['q_proj', 'k_proj', 'v_proj', 'o_proj'])",
             },
@@ -471,6 +531,16 @@ VARIANTS: dict[str, dict[str, dict]] = {
                 "    if c['want_full_capacity'] and gb * 16 < c['gpu_memory_gb']:\n        return 'full'\n"
                 "    if gb * 2.4 < c['gpu_memory_gb']:\n        return 'lora'\n"
                 "    if gb * NF4_BITS / 8 * 1.2 < c['gpu_memory_gb']:\n        return 'qlora'\n    return 'smaller_model'",
+                "strict_lora_qlora": "def choose_route(c):\n    if c['prompting_good_enough']:\n        return 'prompting'\n"
+                "    if not c['task_boundary_clear']:\n        return 'clarify'\n    gb = c['n_params'] / 1e9\n"
+                "    if c['want_full_capacity'] and gb * 16 <= c['gpu_memory_gb']:\n        return 'full'\n"
+                "    if gb * 2 * 1.2 < c['gpu_memory_gb']:\n        return 'lora'\n"
+                "    if gb * NF4_BITS / 8 * 1.2 < c['gpu_memory_gb']:\n        return 'qlora'\n    return 'smaller_model'",
+                "full_whenever_it_fits": "def choose_route(c):\n    if c['prompting_good_enough']:\n        return 'prompting'\n"
+                "    if not c['task_boundary_clear']:\n        return 'clarify'\n    gb = c['n_params'] / 1e9\n"
+                "    if gb * 16 <= c['gpu_memory_gb']:\n        return 'full'\n"
+                "    if gb * 2 * 1.2 <= c['gpu_memory_gb']:\n        return 'lora'\n"
+                "    if gb * NF4_BITS / 8 * 1.2 <= c['gpu_memory_gb']:\n        return 'qlora'\n    return 'smaller_model'",
                 "four_bits_flat": "def choose_route(c):\n    if c['prompting_good_enough']:\n        return 'prompting'\n"
                 "    if not c['task_boundary_clear']:\n        return 'clarify'\n    gb = c['n_params'] / 1e9\n"
                 "    if c['want_full_capacity'] and gb * 16 <= c['gpu_memory_gb']:\n        return 'full'\n"
@@ -493,3 +563,67 @@ VARIANTS: dict[str, dict[str, dict]] = {
         },
     },
 }
+
+# One idea costs one test cell's points: each wrong answer named here ("TEST/NAME" in VARIANTS, an answer that
+# is wrong in one way) must still earn the full points of the test cell it is listed under.
+SPARED: dict[str, dict[str, list[str]]] = {
+    "02_lora_layer": {
+        "test_init": ["test_rslora_scaling/rslora_ignored", "test_bf16_base/adapter_in_base_dtype"],
+        "test_forward": [
+            "test_rslora_scaling/rslora_ignored",
+            "test_bf16_base/float32_output",
+            "test_merge/merge_unscaled",
+            "test_merge/unmerge_subtracts",
+        ],
+        "test_merge": [
+            "test_rslora_scaling/rslora_ignored",
+            "test_bf16_base/merge_in_bf16",
+            "test_bf16_base/float32_output",
+        ],
+        "test_rslora_scaling": [
+            "test_merge/unmerge_subtracts",
+            "test_merge/merge_twice_saves_merged",
+            "test_bf16_base/float32_output",
+            "test_bf16_base/merge_in_bf16",
+        ],
+        "test_bf16_base": [
+            "test_forward/no_scaling",
+            "test_merge/merge_unscaled",
+            "test_merge/unmerge_subtracts",
+            "test_merge/merge_twice_saves_merged",
+            "test_rslora_scaling/rslora_ignored",
+            "test_rslora_scaling/forward_plain_scaling",
+        ],
+    },
+    "03_nf4": {
+        "test_pack": ["test_codes/ties_round_up", "test_codes/zero_block_nan", "test_absmax/drops_partial"],
+        "test_dequant": [
+            "test_absmax/drops_partial",
+            "test_codes/ties_round_up",
+            "test_pack/low_first",
+            "test_pack/drops_odd",
+        ],
+    },
+}
+
+
+def _load_more() -> None:
+    """An assignment's variants may also live in a module of their own beside this one,
+    ``tests/exercise_variants_<assignment>.py``, that defines ``VARIANTS`` (and optionally ``SPARED``) for it."""
+    import importlib.util
+    from pathlib import Path
+
+    for path in sorted(Path(__file__).parent.glob("exercise_variants_*.py")):
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        for name, table in (("VARIANTS", VARIANTS), ("SPARED", SPARED)):
+            extra = getattr(module, name, {})
+            clash = set(extra) & set(table)
+            assert not clash, (
+                f"{path.name} defines {name} for {sorted(clash)}, already in exercise_variants.py"
+            )
+            table.update(extra)
+
+
+_load_more()

@@ -12,7 +12,7 @@ from pathlib import Path
 import nbformat
 import pytest
 import torch
-from exercise_variants import VARIANTS  # tests/ is on sys.path (pytest rootdir-less import)
+from exercise_variants import SPARED, VARIANTS  # tests/ is on sys.path (pytest rootdir-less import)
 
 from lora101.colab import SETUP_CELL, colab_badge
 
@@ -72,12 +72,31 @@ def test_variant(assignment, test_id, answer_id, kind, name, code):
             run_test_cell(assignment, answer_id, code, test_id)
 
 
+SPARED_CASES = [
+    pytest.param(a, t, named, id=f"{a}-{t}-spares-{named.replace('/', '-')}")
+    for a, tests in SPARED.items()
+    for t, names in tests.items()
+    for named in names
+]
+
+
+@pytest.mark.parametrize("assignment,test_id,named", SPARED_CASES)
+def test_a_mistake_costs_only_its_own_test_cell(assignment, test_id, named):
+    """A wrong answer that another test cell catches earns this cell's full points: one idea, one cell's points."""
+    source_test, name = named.split("/")
+    spec = VARIANTS[assignment][source_test]
+    torch.manual_seed(1234)
+    run_test_cell(assignment, spec["answer"], spec["wrong"][name], test_id)
+
+
 def test_every_autograded_cell_has_three_wrong_and_two_right_answers():
     for a in ASSIGNMENTS:
         graded = [_meta(c)["grade_id"] for c in _nb(SOURCE, a).cells
                   if c.cell_type == "code" and _meta(c).get("grade")]  # fmt: skip
         assert graded, f"{a} has no autograded cell"
-        assert set(graded) == set(VARIANTS[a]), f"{a}: variants for {sorted(VARIANTS[a])}, cells {sorted(graded)}"
+        assert set(graded) == set(VARIANTS[a]), (
+            f"{a}: variants for {sorted(VARIANTS[a])}, cells {sorted(graded)}"
+        )
         for t in graded:
             assert len(VARIANTS[a][t]["wrong"]) >= 3 and len(VARIANTS[a][t]["right"]) >= 2, f"{a}/{t}"
 
@@ -94,7 +113,9 @@ def test_structure(assignment):
     for folder in (SOURCE, RELEASE):
         nb = _nb(folder, assignment)
         code = [c for c in nb.cells if c.cell_type == "code"]
-        assert code[0].source == SETUP_CELL, f"{folder.name}/{assignment}: first code cell must be the Colab set-up"
+        assert code[0].source == SETUP_CELL, (
+            f"{folder.name}/{assignment}: first code cell must be the Colab set-up"
+        )
         assert colab_badge(f"exercises/release/{assignment}/{assignment}.ipynb") in nb.cells[0].source
         ids = [_meta(c).get("grade_id") for c in nb.cells if _meta(c)]
         assert len(ids) == len(set(ids)), "grade ids must be unique"
@@ -159,6 +180,8 @@ def test_no_exercise_text_cites_the_course_seeds(assignment):
     for folder in (SOURCE, RELEASE):
         for i, cell in enumerate(_nb(folder, assignment).cells):
             hit = SEED_CITATION.search(cell.source)
-            assert not hit, f"{folder.name}/{assignment} cell {i} cites {hit.group(0)!r}: name a public source instead"
+            assert not hit, (
+                f"{folder.name}/{assignment} cell {i} cites {hit.group(0)!r}: name a public source instead"
+            )
     hit = SEED_CITATION.search((REPO / "lora101" / "checks.py").read_text())
     assert not hit, f"lora101/checks.py cites {hit.group(0)!r}: its messages reach learners"
