@@ -38,7 +38,9 @@ def test_a_verdict_only_where_the_ranges_do_not_overlap():
     low = [_run("l", s, 0.1, exact=e) for s, e in enumerate((0.2, 0.3, 0.25))]
     assert compare(low, high, "exact_match").better == "h"  # higher exact match is better
     assert str(compare(low, high, "exact_match")).startswith("exact_match: l 25.0% [20.0%-30.0%] vs h 65.0%")
-    assert "peak_memory_bytes: l 1024 MiB [1024 MiB-1024 MiB] vs" in str(compare(low, high, "peak_memory_bytes"))
+    assert "peak_memory_bytes: l 1024 MiB [1024 MiB-1024 MiB] vs" in str(
+        compare(low, high, "peak_memory_bytes")
+    )
 
 
 def test_table_gives_one_row_a_setting_with_its_seeds():
@@ -63,7 +65,12 @@ def test_lesson_6_plots_draw_the_mean_the_range_and_each_seed():
         for rank, loss in ((1, 0.7), (16, 0.1)):
             run = _run(f"LoRA r={rank}", seed, loss + seed / 50, exact=0.2 * seed)
             runs.append({**run, "rank": rank})
-    for draw in (plots.plot_rank_sweep, plots.plot_sweep_bars, plots.plot_training_losses, plots.plot_method_comparison):
+    for draw in (
+        plots.plot_rank_sweep,
+        plots.plot_sweep_bars,
+        plots.plot_training_losses,
+        plots.plot_method_comparison,
+    ):
         for chosen in (runs, runs[:2]):  # three seeds, and one
             fig = draw(chosen, title=draw.__name__)
             assert fig.axes and fig.axes[0].has_data(), draw.__name__
