@@ -1,8 +1,8 @@
 """The two steps that put a student's kernel into its sandbox (``python -m lora101.grading.jail``).
 
 jupyter_client starts a kernel with one command line; ``SandboxKernelManager`` makes that command
-``python -c LAUNCH SPEC -- KERNEL_COMMAND...`` (``LAUNCH`` calls ``main`` here; ``-c`` rather than ``-m``, since
-the package has imported this module already), and this module then:
+``python -c LAUNCH SPEC -- KERNEL_COMMAND...`` (``LAUNCH`` runs this file by its path: it needs only the
+standard library), and this module then:
 
 1. **outside** (as the grader): when the grader is root, it drops to an unprivileged user (``nobody``), so
    that the process limit binds (Linux exempts root from it) and nothing root-only can be read. ``nobody``
@@ -27,7 +27,9 @@ import sys
 from pathlib import Path
 
 NOBODY = 65534
-LAUNCH = "import sys; from lora101.grading.jail import main; main(sys.argv[1:])"
+# Run this file by its path, not as ``lora101.grading.jail``: importing the package would import all of
+# lora101.grading (nbformat, jupyter_client...) twice per kernel start, once outside and once inside.
+LAUNCH = f"import runpy; runpy.run_path({__file__!r}, run_name='__main__')"
 CLONE_NEWNS, MS_BIND, MS_REC, MS_PRIVATE = 0x00020000, 4096, 16384, 1 << 18
 LIMITS = {  # SandboxLimits field -> the rlimit that enforces it
     "memory_bytes": resource.RLIMIT_DATA,
