@@ -34,7 +34,7 @@ TIMEOUTS = {"04_qlora_config": 90}
 DEPENDS = {
     "01_memory": {"test_lora_params": {"answer_params"}, "test_linear_shapes": {"answer_params"},
                   "test_model_lora_params": {"answer_params"}, "test_budget": {"answer_budget"}},
-    "02_lora_layer": {t: {"answer_layer"} for t in ("test_init", "test_forward", "test_merge")},
+    "02_lora_layer": {t: {"answer_layer"} for t in ("test_init", "test_forward", "test_merge", "test_rslora_scaling", "test_bf16_base")},
     "03_nf4": {"test_absmax": {"answer_absmax"}, "test_codes": {"answer_absmax", "answer_codes"},
                "test_pack": {"answer_absmax", "answer_codes", "answer_pack"},
                "test_dequant": {"answer_absmax", "answer_codes", "answer_pack", "answer_dequant"},
