@@ -180,6 +180,17 @@ def test_a_checkpoint_cut_short_is_skipped_for_the_previous_intact_one(tmp_path,
     assert found == older and len(skipped) == 1 and skipped[0].startswith(f"checkpoint-4: {damaged}"), skipped
 
 
+def test_a_checkpoint_of_several_processes_has_one_rng_state_a_process(tmp_path):
+    """torchrun: transformers writes rng_state_0.pth, rng_state_1.pth, ... instead of rng_state.pth."""
+    path = _checkpoint(tmp_path, 2)
+    (path / "rng_state.pth").unlink()
+    for rank in (0, 1):
+        torch.save({"x": torch.zeros(256)}, path / f"rng_state_{rank}.pth")
+    assert ft.checkpoint_problem(path) is None
+    (path / "rng_state_1.pth").write_bytes(b"PK")
+    assert ft.checkpoint_problem(path).startswith("rng_state_1.pth is missing or cut short")
+
+
 # ------------------------------------------------------------------------------------------------
 # Ctrl-C
 

@@ -351,10 +351,11 @@ def checkpoint_problem(folder: str | os.PathLike) -> str | None:
                 pass
         except Exception as err:  # safetensors raises its own error type for a file cut short
             return f"{path.name} is damaged ({err})"
-    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
-        path = folder / name
+    # one rng_state.pth, or one rng_state_RANK.pth a process when several trained together
+    rng = sorted(p.name for p in folder.glob("rng_state*.pth")) or ["rng_state.pth"]
+    for name in ("optimizer.pt", "scheduler.pt", *rng):
         try:
-            zipfile.ZipFile(path).close()
+            zipfile.ZipFile(folder / name).close()
         except (OSError, zipfile.BadZipFile) as err:
             return f"{name} is missing or cut short ({type(err).__name__})"
     return None
