@@ -61,8 +61,9 @@ def test_bench_writes_every_method_and_refuses_to_overwrite(tmp_path, capsys):
         assert run["parameters"] == results["runs"][0]["parameters"]
     full, lora, qlora = results["runs"]
     assert full["trainable_parameters"] > lora["trainable_parameters"] == qlora["trainable_parameters"] > 0
-    with pytest.raises(FileExistsError, match="--force"):
-        main(args)
+    capsys.readouterr()
+    assert main(args) == 2, "an existing results file is refused: one line, exit 2"
+    assert "--force" in capsys.readouterr().err
 
 
 def test_tinyllama_size_is_over_a_billion_parameters_and_fits_24_gb():

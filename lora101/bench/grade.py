@@ -24,6 +24,8 @@ from pathlib import Path
 import nbformat
 from tqdm.auto import tqdm
 
+from lora101.bench._options import integers, positive
+from lora101.errors import OptionError
 from lora101.grading import CELL_TIMEOUT_S, COURSE_DIR, assignments, grade
 from lora101.grading.config import Options
 from lora101.grading.sandbox import sandbox_problem
@@ -92,19 +94,11 @@ def _duration(seconds: float) -> str:
 
 
 def _parse(args) -> tuple[list[int], list[bool]]:
-    try:
-        jobs = [int(j) for j in args.jobs.split(",")]
-    except ValueError:
-        raise ValueError(f"--jobs {args.jobs!r}: give whole numbers separated by commas, e.g. 1,2") from None
-    if not jobs or min(jobs) < 1:
-        raise ValueError(f"--jobs {args.jobs!r}: each value must be 1 or more")
-    if args.learners < 1:
-        raise ValueError(f"--learners {args.learners}: give 1 or more")
-    if args.timeout <= 0:
-        raise ValueError(f"--timeout {args.timeout}: give a number of seconds above 0")
+    jobs = integers(args.jobs, "--jobs", 1, 64)
+    positive(args, "learners", "timeout")
     modes = {"both": [True, False], "on": [True], "off": [False]}[args.sandbox]
     if True in modes and sandbox_problem():
-        raise ValueError(f"--sandbox {args.sandbox}: {sandbox_problem()} (or pass --sandbox off)")
+        raise OptionError("--sandbox", f"{sandbox_problem()} (or pass --sandbox off)")
     return jobs, modes
 
 
@@ -127,7 +121,7 @@ def run(args) -> int:
     jobs, modes = _parse(args)
     course = args.course.resolve()
     if args.workdir and args.workdir.exists() and any(args.workdir.iterdir()):
-        raise ValueError(f"--workdir {args.workdir} is not empty: give a new folder")
+        raise OptionError("--workdir", f"{args.workdir} is not empty: give a new folder")
     with tempfile.TemporaryDirectory(prefix="lora101-bench-grade-") as tmp:
         work = args.workdir or Path(tmp)
         n = make_class(course, work / "class", args.learners)

@@ -298,6 +298,8 @@ def _result(spec: dict, config, native: bool, measured: dict, device, dtype) -> 
         spec["method"],
         precision="bf16" if native else "fp32",
         optimizer="adamw",
+        # torch's AdamW keeps its moments in the trained weights' dtype: bf16 on a GPU, fp32 on a CPU
+        optimizer_state_dtype="param",
         r=RANK,
         target_modules="all-linear",
         batch_size=spec["batch_size"],
