@@ -340,10 +340,12 @@ def has_native_bf16(device: torch.device) -> bool:
 
 
 def compute_dtype_for(device: torch.device) -> torch.dtype:
-    """The dtype 4-bit layers compute in: bf16 where the hardware does it natively, else fp32.
+    """The dtype 4-bit layers compute in: bf16 on GPUs that do it natively, else fp32.
 
-    CPUs and pre-Ampere GPUs (the free Colab T4, the V100) have no native bf16 matmul; fp32 is exact
-    there and needs no loss scaling (fp16 would be faster on a T4, but its 5-bit exponent overflows
+    Pre-Ampere GPUs (the free Colab T4, the V100) and most CPUs have no native bf16 matmul (CPUs with
+    AVX512-BF16 or AMX do, recent Xeons among them; the course still trains in fp32 on every CPU, so that a
+    lesson's numbers are the same on a laptop and on such a server); fp32 is exact there and needs no loss
+    scaling (fp16 would be faster on a T4, but its 5-bit exponent overflows
     without a loss scaler and the course keeps one numerics for every device without bf16).
     """
     return torch.bfloat16 if has_native_bf16(device) else torch.float32
