@@ -43,10 +43,11 @@ $(STAMP): pyproject.toml constraints.txt
 model: $(STAMP)
 	$(BIN)/lora101 model prepare
 
-# Serves the whole course (lessons/ and exercises/) and opens at lessons/. Jupyter refuses to run as
-# root unless told to; containers and CI machines often are root.
+# Serves the whole course (lessons/ and exercises/) and opens at lessons/, with the venv's bin/ on PATH so that
+# `!lora101 ...` in a lesson finds the command. Jupyter refuses to run as root unless told to; containers and
+# CI machines often are root.
 lab: setup
-	$(BIN)/jupyter lab --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/lessons $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/jupyter lab --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/lessons $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 # Two workers on a 2-core machine: much of the suite waits on pip, process start-up, imports and the
 # browser rather than computing, and a second worker fills those gaps (PYTEST_WORKERS=0 runs it all in one
