@@ -58,12 +58,13 @@ lab: setup
 # The browser test drives Debian's chromium; ensure_chromium.sh installs it with apt where it can (root on
 # Debian/Ubuntu, as in CI) and otherwise says why the browser test will skip. ensure_bubblewrap.sh does the
 # same for bubblewrap, the sandbox `lora101 grade` runs every submission in (from `setup`).
-test: setup
+test: setup lint
 	sh tests/browser/ensure_chromium.sh
 	OMP_NUM_THREADS=$(TEST_THREADS) MKL_NUM_THREADS=$(TEST_THREADS) $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check lora101 tests
+	$(BIN)/ruff format --check lora101 tests
 
 doctor: $(STAMP)
 	$(BIN)/lora101 doctor

@@ -26,7 +26,6 @@ matplotlib.use("Agg")
 os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 
 
-
 def _refuse_the_network() -> None:
     """Make any connection from the test process to a non-loopback address fail loudly.
 

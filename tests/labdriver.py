@@ -146,7 +146,8 @@ class LabServer:
         self._write_settings(env)
         jupyter = Path(sys.executable).with_name("jupyter")
         cmd = [
-            str(jupyter), "lab",
+            str(jupyter),
+            "lab",
             "--no-browser",
             "--ip=127.0.0.1",
             f"--port={self.port}",
@@ -155,7 +156,7 @@ class LabServer:
             f"--ServerApp.root_dir={self.root}",
             "--LabApp.expose_app_in_browser=True",
             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-        ]  # fmt: skip
+        ]
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             cmd.append("--allow-root")  # CI runs as root; Jupyter refuses that unless told
         self._log = open(self.log_path, "w")  # noqa: SIM115 (closed in __exit__)

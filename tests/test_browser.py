@@ -37,7 +37,9 @@ TIMEOUT = float(os.environ.get("LORA101_BROWSER_TIMEOUT", "900"))
 # nothing new (no output, no progress-bar tick) while a cell runs, measured on the page.
 # Measured on the page, so it scales with the machine's load: reported always, enforced only when set.
 MAX_SILENCE = float(os.environ.get("LORA101_MAX_SILENCE", "inf"))
-LESSONS = selected_lessons(sorted((REPO / "lessons").glob("[0-9][0-9]_*.ipynb")), "LORA101_BROWSER_LESSONS", "01")
+LESSONS = selected_lessons(
+    sorted((REPO / "lessons").glob("[0-9][0-9]_*.ipynb")), "LORA101_BROWSER_LESSONS", "01"
+)
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 pytestmark = pytest.mark.slow

@@ -280,12 +280,21 @@ def test_fresh_venv_from_binder_runs_lesson_1(tmp_path):
         out = tmp_path / "lesson1-out.ipynb"
         _step(
             "lesson 1",
-            [str(bin_dir / "jupyter"), "nbconvert", "--to", "notebook", "--execute",
-             "--ExecutePreprocessor.timeout=600", "--output", str(out), str(lesson)],
+            [
+                str(bin_dir / "jupyter"),
+                "nbconvert",
+                "--to",
+                "notebook",
+                "--execute",
+                "--ExecutePreprocessor.timeout=600",
+                "--output",
+                str(out),
+                str(lesson),
+            ],
             timings,
             cwd=repo / "lessons",
             env=env,
-        )  # fmt: skip
+        )
         ran = nbformat.read(out, as_version=4)
         errors = [o for c in ran.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
         assert not errors, errors
@@ -293,16 +302,19 @@ def test_fresh_venv_from_binder_runs_lesson_1(tmp_path):
         # Until lesson 1 exists: the course imports and the model loads and answers.
         _step(
             "load model",
-            [str(bin_dir / "python"), "-c",
-             "from lora101.models import load_model, load_tokenizer; import torch\n"
-             "m, t = load_model(precision='nf4'), load_tokenizer()\n"
-             "ids = t.apply_chat_template([{'role': 'user', 'content': 'What is the capital of France?'}],"
-             " add_generation_prompt=True, return_tensors='pt', return_dict=True)\n"
-             "out = m.generate(**ids, max_new_tokens=12, do_sample=False)\n"
-             "answer = t.decode(out[0, ids['input_ids'].shape[1]:], skip_special_tokens=True)\n"
-             "assert 'Paris' in answer, answer; print(answer)"],
+            [
+                str(bin_dir / "python"),
+                "-c",
+                "from lora101.models import load_model, load_tokenizer; import torch\n"
+                "m, t = load_model(precision='nf4'), load_tokenizer()\n"
+                "ids = t.apply_chat_template([{'role': 'user', 'content': 'What is the capital of France?'}],"
+                " add_generation_prompt=True, return_tensors='pt', return_dict=True)\n"
+                "out = m.generate(**ids, max_new_tokens=12, do_sample=False)\n"
+                "answer = t.decode(out[0, ids['input_ids'].shape[1]:], skip_special_tokens=True)\n"
+                "assert 'Paris' in answer, answer; print(answer)",
+            ],
             timings,
             cwd=repo,
             env=env,
-        )  # fmt: skip
+        )
     print("\nbinder venv timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))

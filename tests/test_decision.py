@@ -28,8 +28,18 @@ def test_memory_is_lesson_1s_prediction(model, checkpointing):
     decision = decide(d)
     assert decision.route == "smaller_model"
     for method, prefix in (("full", "full fine-tuning"), ("lora", "LoRA on"), ("qlora", "QLoRA on")):
-        want = estimate_memory(model, method, batch_size=1, seq_len=2048, gradient_checkpointing=checkpointing,
-                               master_weights=(method == "full"), **TRAINING).total / 1e9  # fmt: skip
+        want = (
+            estimate_memory(
+                model,
+                method,
+                batch_size=1,
+                seq_len=2048,
+                gradient_checkpointing=checkpointing,
+                master_weights=(method == "full"),
+                **TRAINING,
+            ).total
+            / 1e9
+        )
         assert memory_needed(s)[method].total / 1e9 == pytest.approx(want, rel=1e-12)
         assert _step_gb(decision, prefix) == pytest.approx(want, rel=5e-3)
 
@@ -41,14 +51,18 @@ def test_lesson_1s_7b_qlora_figures():
     on = decide(n_params="Llama-2-7B", gpu_memory_gb=1.0)
     assert _step_gb(off, "QLoRA") == pytest.approx(14.9, abs=0.05)
     assert _step_gb(on, "QLoRA") == pytest.approx(5.72, abs=0.01)
-    assert _step_gb(on, "QLoRA") > PRESETS["Llama-2-7B"].linear_params * 4.127 / 8 / 1e9  # more than the 4-bit weights
+    assert (
+        _step_gb(on, "QLoRA") > PRESETS["Llama-2-7B"].linear_params * 4.127 / 8 / 1e9
+    )  # more than the 4-bit weights
 
 
 def test_12_gb_and_7b_is_qlora_only_with_checkpointing():
     d = decide(**BASE)
     assert d.route == "qlora"
     assert d.steps[-1].startswith("QLoRA on the 4-bit base") and d.steps[-1].endswith("fits")
-    assert decide(**BASE, gradient_checkpointing=False).route == "smaller_model"  # 15 GB of activations and weights
+    assert (
+        decide(**BASE, gradient_checkpointing=False).route == "smaller_model"
+    )  # 15 GB of activations and weights
 
 
 def test_batch_size_and_length_move_the_route():
@@ -59,13 +73,16 @@ def test_batch_size_and_length_move_the_route():
     assert short.route == "lora"
 
 
-@pytest.mark.parametrize("flag, value, route", [
-    ("prompting_good_enough", True, "prompting"),
-    ("task_boundary_clear", False, "clarify"),
-    ("base_is_strong", False, "better_base"),
-    ("needs_new_knowledge", True, "retrieval"),
-    ("data_is_good", False, "fix_data"),
-])
+@pytest.mark.parametrize(
+    "flag, value, route",
+    [
+        ("prompting_good_enough", True, "prompting"),
+        ("task_boundary_clear", False, "clarify"),
+        ("base_is_strong", False, "better_base"),
+        ("needs_new_knowledge", True, "retrieval"),
+        ("data_is_good", False, "fix_data"),
+    ],
+)
 def test_questions_before_memory(flag, value, route):
     d = decide(**BASE, **{flag: value})
     assert d.route == route and d.steps[-1].endswith(": no" if route != "prompting" else ": yes")
@@ -73,8 +90,13 @@ def test_questions_before_memory(flag, value, route):
 
 def test_order_of_the_questions():
     """Earlier questions win: prompting before clarity before the base before knowledge before data."""
-    bad = dict(prompting_good_enough=True, task_boundary_clear=False, base_is_strong=False,
-               needs_new_knowledge=True, data_is_good=False)
+    bad = dict(
+        prompting_good_enough=True,
+        task_boundary_clear=False,
+        base_is_strong=False,
+        needs_new_knowledge=True,
+        data_is_good=False,
+    )
     expected = ["prompting", "clarify", "better_base", "retrieval", "fix_data", "qlora"]
     for key, route in zip([*bad, None], expected, strict=True):
         assert decide(**BASE, **bad).route == route
@@ -118,14 +140,17 @@ def test_explain_lists_every_step_and_the_route():
     assert text.endswith(f"-> qlora: {ROUTES['qlora']}") and len(text.splitlines()) == len(d.steps) + 1
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(n_params=0, gpu_memory_gb=8), "n_params must be a parameter count"),
-    (dict(n_params="Llama-7B", gpu_memory_gb=8), "n_params: 'Llama-7B' is not a preset"),
-    (dict(n_params=1e9, gpu_memory_gb=-1), "gpu_memory_gb must be a positive number"),
-    (dict(n_params=1e9, gpu_memory_gb=8, batch_size=0), "batch_size must be a positive int"),
-    (dict(n_params=1e9, gpu_memory_gb=8, seq_len=512.0), "seq_len must be a positive int"),
-    (dict(n_params=1e9, gpu_memory_gb=8, data_is_good="yes"), "data_is_good must be True or False"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(n_params=0, gpu_memory_gb=8), "n_params must be a parameter count"),
+        (dict(n_params="Llama-7B", gpu_memory_gb=8), "n_params: 'Llama-7B' is not a preset"),
+        (dict(n_params=1e9, gpu_memory_gb=-1), "gpu_memory_gb must be a positive number"),
+        (dict(n_params=1e9, gpu_memory_gb=8, batch_size=0), "batch_size must be a positive int"),
+        (dict(n_params=1e9, gpu_memory_gb=8, seq_len=512.0), "seq_len must be a positive int"),
+        (dict(n_params=1e9, gpu_memory_gb=8, data_is_good="yes"), "data_is_good must be True or False"),
+    ],
+)
 def test_bad_situations_are_refused(kwargs, message):
     with pytest.raises((ValueError, TypeError), match=message):
         Situation(**kwargs)
@@ -140,7 +165,9 @@ def test_widget_has_a_control_for_every_question(capsys):
     names = {c._kwarg for c in widget.kwargs_widgets}
     assert names == {f.name for f in fields(Situation)} - {"n_params"} | {"n_params_b"}
     controls = {c._kwarg: c for c in widget.kwargs_widgets}
-    assert capsys.readouterr().out.endswith(f"-> qlora: {ROUTES['qlora']}\n")  # 7B on 12 GB, drawn at creation
+    assert capsys.readouterr().out.endswith(
+        f"-> qlora: {ROUTES['qlora']}\n"
+    )  # 7B on 12 GB, drawn at creation
     controls["gpu_memory_gb"].value = 80  # the bf16 base fits
     assert capsys.readouterr().out.endswith(f"-> lora: {ROUTES['lora']}\n")
     controls["gradient_checkpointing"].value = False

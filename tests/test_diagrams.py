@@ -53,8 +53,17 @@ def test_lora_bypass_rejects_bad_arguments_by_name(bad):
 def test_qlora_dataflow_shows_storage_dequantisation_and_where_gradients_go():
     png, text = _png_and_text(diagrams.qlora_dataflow())
     assert png.startswith(b"\x89PNG")
-    for label in ("NF4", "4 bits", "absmax", "double-quantised", "de-quantise", "bf16", "fp32, trained",
-                  "gradients flow only into A and B", "frozen"):  # fmt: skip
+    for label in (
+        "NF4",
+        "4 bits",
+        "absmax",
+        "double-quantised",
+        "de-quantise",
+        "bf16",
+        "fp32, trained",
+        "gradients flow only into A and B",
+        "frozen",
+    ):
         assert label in text, f"{label!r} missing from the diagram's texts: {text}"
     _, fp32 = _png_and_text(diagrams.qlora_dataflow(compute_dtype="fp32"))
     assert "to fp32" in fp32
@@ -89,8 +98,9 @@ def test_memory_breakdown_draws_the_estimates_of_lora101_memory():
         assert label in text
     assert f"{expected['QLoRA'].total / 1e9:.3g} GB" in text
     assert "master weights" not in text  # only drawn when master_weights=True
-    _, with_master = _png_and_text(diagrams.memory_breakdown("SmolLM2-135M", unit="MB", master_weights=True,
-                                                            precision="bf16"))  # fmt: skip
+    _, with_master = _png_and_text(
+        diagrams.memory_breakdown("SmolLM2-135M", unit="MB", master_weights=True, precision="bf16")
+    )
     assert "fp32 master weights" in with_master
 
 

@@ -85,7 +85,9 @@ def test_doctor_knows_colabs_versions_and_optional_tools(monkeypatch):
     monkeypatch.setattr(importlib.metadata, "version", version)
     checks = {c.name: c for c in doctor.check_versions()}
     assert checks["transformers"].status == "ok" and "Colab" in checks["transformers"].detail
-    assert checks["jupyterlab"].status == "ok" and "not installed (only make lab" in checks["jupyterlab"].detail
+    assert (
+        checks["jupyterlab"].status == "ok" and "not installed (only make lab" in checks["jupyterlab"].detail
+    )
 
 
 def test_doctor_fails_when_4bit_layers_give_wrong_results(monkeypatch):
@@ -193,11 +195,17 @@ def test_an_unknown_command_is_an_argparse_error():
     assert result.returncode == 2 and "invalid choice" in result.stderr
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["bench", "finetune", "--variants", "peft"], "lora101 bench finetune: error: --variants: unknown"),
-    (["bench", "scale", "--sizes", "2b"], "lora101 bench scale: error: --sizes: ['2b'] not among"),
-    (["bench", "scale", "--steps", "0"], "lora101 bench scale: error: --steps: must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["bench", "finetune", "--variants", "peft"], "lora101 bench finetune: error: --variants: unknown"),
+        (["bench", "scale", "--sizes", "2b"], "lora101 bench scale: error: --sizes: ['2b'] not among"),
+        (
+            ["bench", "scale", "--steps", "0"],
+            "lora101 bench scale: error: --steps: must be a positive integer",
+        ),
+    ],
+)
 def test_a_bad_benchmark_option_is_one_error_line(argv, message, capsys):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err

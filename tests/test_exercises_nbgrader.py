@@ -32,16 +32,31 @@ TIMEOUTS = {"04_qlora_config": 90}
 
 # test cell -> the answer cells whose definitions it uses
 DEPENDS = {
-    "01_memory": {"test_lora_params": {"answer_params"}, "test_linear_shapes": {"answer_params"},
-                  "test_model_lora_params": {"answer_params"}, "test_budget": {"answer_budget"}},
-    "02_lora_layer": {t: {"answer_layer"} for t in ("test_init", "test_forward", "test_merge", "test_rslora_scaling", "test_bf16_base")},
-    "03_nf4": {"test_absmax": {"answer_absmax"}, "test_codes": {"answer_absmax", "answer_codes"},
-               "test_pack": {"answer_absmax", "answer_codes", "answer_pack"},
-               "test_dequant": {"answer_absmax", "answer_codes", "answer_pack", "answer_dequant"},
-               "test_bits": {"answer_bits"}},
-    "04_qlora_config": {"test_bnb": {"answer_bnb"}, "test_lora": {"answer_lora"}, "test_count": {"answer_count"}},
+    "01_memory": {
+        "test_lora_params": {"answer_params"},
+        "test_linear_shapes": {"answer_params"},
+        "test_model_lora_params": {"answer_params"},
+        "test_budget": {"answer_budget"},
+    },
+    "02_lora_layer": {
+        t: {"answer_layer"}
+        for t in ("test_init", "test_forward", "test_merge", "test_rslora_scaling", "test_bf16_base")
+    },
+    "03_nf4": {
+        "test_absmax": {"answer_absmax"},
+        "test_codes": {"answer_absmax", "answer_codes"},
+        "test_pack": {"answer_absmax", "answer_codes", "answer_pack"},
+        "test_dequant": {"answer_absmax", "answer_codes", "answer_pack", "answer_dequant"},
+        "test_bits": {"answer_bits"},
+    },
+    "04_qlora_config": {
+        "test_bnb": {"answer_bnb"},
+        "test_lora": {"answer_lora"},
+        "test_count": {"answer_count"},
+    },
     "05_tradeoffs": {"test_route": {"answer_route"}},
-}  # fmt: skip
+    "06_ship_it": {"test_turns": {"answer_labels"}, "test_edges": {"answer_labels"}},
+}
 
 PATCH = """
 # Make every check pass, whatever the answer.
@@ -65,7 +80,11 @@ def _source_cells(a: str) -> dict:
 
 
 def _points(a: str) -> dict[str, float]:
-    return {g: _meta(c)["points"] for g, c in _source_cells(a).items() if _meta(c).get("grade") and c.cell_type == "code"}
+    return {
+        g: _meta(c)["points"]
+        for g, c in _source_cells(a).items()
+        if _meta(c).get("grade") and c.cell_type == "code"
+    }
 
 
 def _answers(a: str) -> list[str]:
@@ -151,7 +170,11 @@ def submissions(a: str) -> dict[str, tuple[object, set[str]]]:
     nb.cells.insert(5, _code("scratch = 'my own notes'"))
     nb.cells.append(_code("import sys\nsys.exit(3)"))
     nb.cells.append(nbformat.v4.new_markdown_cell("My notes at the end."))
-    markdown = [i for i, c in enumerate(nb.cells) if c.cell_type == "markdown" and _meta(c).get("grade_id", "").startswith("md_")]
+    markdown = [
+        i
+        for i, c in enumerate(nb.cells)
+        if c.cell_type == "markdown" and _meta(c).get("grade_id", "").startswith("md_")
+    ]
     i, j = markdown[0], markdown[-1]
     nb.cells[i], nb.cells[j] = nb.cells[j], nb.cells[i]
     subs["cells"] = (nb, {last})
@@ -227,8 +250,10 @@ def test_release_is_what_generate_assignment_makes(course, assignment):
     root, _, _ = course
     fresh = nbformat.read(root / "release" / assignment / f"{assignment}.ipynb", as_version=4)
     stored = nbformat.read(RELEASE / assignment / f"{assignment}.ipynb", as_version=4)
+
     def strip(nb):  # noqa: E306
         return [(c.cell_type, c.source, c.metadata, c.get("outputs")) for c in nb.cells]
+
     assert strip(fresh) == strip(stored), (
         f"exercises/release/{assignment} is stale: regenerate it with nbgrader generate_assignment (see README)"
     )
@@ -248,7 +273,9 @@ def test_scores(course, assignment):
             assert sum(got.values()) < sum(points.values()), f"{student}/{a}: full marks for wrong answers"
             for test, spec in VARIANTS[a].items():
                 if _first_wrong(a)[spec["answer"]] in spec["wrong"].values():
-                    assert got[test] < points[test], f"{student}/{a}: {test} got full marks for a wrong answer"
+                    assert got[test] < points[test], (
+                        f"{student}/{a}: {test} got full marks for a wrong answer"
+                    )
         assert got == want, f"{student}/{a}: got {got}, expected {want}"
         assert (root / "feedback" / student / a / f"{a}.html").exists(), f"no feedback for {student}/{a}"
 
@@ -322,6 +349,8 @@ def test_lora101_grade_collects_grades_and_never_overwrites_silently(tmp_path):
     grade(subs, out, regrade=True, options=Options(cell_timeout=CELL_TIMEOUT), log=logs.append)
     assert list((out / "feedback" / "ada").glob(f"{a}.backup-*")), "the old feedback is kept aside"
     assert any("moved the previous" in line for line in logs)
-    assert {(r["student"], r["score"]) for r in scores(out)} == {("ada", 10.0), ("bob", 1.0)}, "manual grade kept"
+    assert {(r["student"], r["score"]) for r in scores(out)} == {("ada", 10.0), ("bob", 1.0)}, (
+        "manual grade kept"
+    )
     with pytest.raises(ValueError, match="no submissions"):
         grade(tmp_path / "graded" / "feedback", tmp_path / "x", log=logs.append)

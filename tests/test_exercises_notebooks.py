@@ -91,8 +91,11 @@ def test_a_mistake_costs_only_its_own_test_cell(assignment, test_id, named):
 
 def test_every_autograded_cell_has_three_wrong_and_two_right_answers():
     for a in ASSIGNMENTS:
-        graded = [_meta(c)["grade_id"] for c in _nb(SOURCE, a).cells
-                  if c.cell_type == "code" and _meta(c).get("grade")]  # fmt: skip
+        graded = [
+            _meta(c)["grade_id"]
+            for c in _nb(SOURCE, a).cells
+            if c.cell_type == "code" and _meta(c).get("grade")
+        ]
         assert graded, f"{a} has no autograded cell"
         assert set(graded) == set(VARIANTS[a]), (
             f"{a}: variants for {sorted(VARIANTS[a])}, cells {sorted(graded)}"

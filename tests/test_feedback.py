@@ -52,7 +52,7 @@ def test_feedback_keeps_the_message_but_not_the_hidden_code(graded):
     assert "AssertionError" in text
     assert "_zebra_probe" not in text and HIDDEN_CODE not in text, "the hidden test's code is not shown"
     assert "HIDDEN TESTS" not in text
-    assert 'double(2) is wrong' in text, "the visible test's code is shown, as in the handout"
+    assert "double(2) is wrong" in text, "the visible test's code is shown, as in the handout"
     assert HIDDEN_PLACEHOLDER.lstrip("# ") in text
     assert f"{A} (Score: 0.0 / 5.0; 2.0 points awaiting grading)" in text
     assert "Test cell (Score: 0.0 / 3.0)" in text
@@ -97,5 +97,7 @@ def test_the_course_config_uses_the_same_feedback():
 def test_hide_hidden_tests():
     source = "check(1)\n    ### BEGIN HIDDEN TESTS\n    check(2)\n    ### END HIDDEN TESTS\ncheck(3)"
     assert hide_hidden_tests(source) == f"check(1)\n    {HIDDEN_PLACEHOLDER}\ncheck(3)"
-    assert hide_hidden_tests("a\n### BEGIN HIDDEN TESTS\nb") == f"a\n{HIDDEN_PLACEHOLDER}", "unclosed: all hidden"
+    assert hide_hidden_tests("a\n### BEGIN HIDDEN TESTS\nb") == f"a\n{HIDDEN_PLACEHOLDER}", (
+        "unclosed: all hidden"
+    )
     assert hide_hidden_tests("a\nb") == "a\nb"

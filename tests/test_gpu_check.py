@@ -111,8 +111,13 @@ def test_the_spread_of_repeated_runs():
 
 def test_the_carried_bitsandbytes_wheel_keeps_only_the_cpu_and_cuda_13_libraries(tmp_path):
     wheel = tmp_path / "bitsandbytes-0.50.2-py3-none-manylinux_2_24_x86_64.whl"
-    names = ["bitsandbytes/__init__.py", "bitsandbytes/libbitsandbytes_cpu.so", "bitsandbytes/libbitsandbytes_cuda118.so",
-             "bitsandbytes/libbitsandbytes_cuda130.so", "bitsandbytes/libbitsandbytes_rocm64.so"]  # fmt: skip
+    names = [
+        "bitsandbytes/__init__.py",
+        "bitsandbytes/libbitsandbytes_cpu.so",
+        "bitsandbytes/libbitsandbytes_cuda118.so",
+        "bitsandbytes/libbitsandbytes_cuda130.so",
+        "bitsandbytes/libbitsandbytes_rocm64.so",
+    ]
     with zipfile.ZipFile(wheel, "w") as z:
         for name in names:
             z.writestr(name, b"x")
@@ -130,10 +135,17 @@ def test_the_carried_bitsandbytes_wheel_keeps_only_the_cpu_and_cuda_13_libraries
 def test_the_cpu_rehearsal_runs_every_step_and_a_broken_one_stops_nothing(tmp_path, base_model_dir):
     out, bundle = tmp_path / "out", tmp_path / "bundle"
     # GPU_CHECK_BUDGET_S: the 9-minute budget is the GPU call's; a busy CPU may need longer
-    env = {**os.environ, "PY": sys.executable, "GPU_CHECK_DEVICE": "cpu", "GPU_CHECK_SIZES": "tiny",
-           "GPU_CHECK_OUT": str(out), "GPU_CHECK_BUNDLE": str(bundle), "GPU_CHECK_BREAK": "doctor",
-           "GPU_CHECK_CARRY": str(tmp_path / "no-carry"),
-           "GPU_CHECK_BUDGET_S": "3000"}  # fmt: skip
+    env = {
+        **os.environ,
+        "PY": sys.executable,
+        "GPU_CHECK_DEVICE": "cpu",
+        "GPU_CHECK_SIZES": "tiny",
+        "GPU_CHECK_OUT": str(out),
+        "GPU_CHECK_BUNDLE": str(bundle),
+        "GPU_CHECK_BREAK": "doctor",
+        "GPU_CHECK_CARRY": str(tmp_path / "no-carry"),
+        "GPU_CHECK_BUDGET_S": "3000",
+    }
     proc = subprocess.run(
         ["bash", "tests/gpu_check.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
     )

@@ -40,9 +40,14 @@ def fake_gpu(monkeypatch):
 
 @pytest.mark.parametrize(
     ("gpu", "capability", "dtype"),
-    [("T4", (7, 5), torch.float32), ("V100", (7, 0), torch.float32), ("A100", (8, 0), torch.bfloat16),
-     ("L4", (8, 9), torch.bfloat16), ("H100", (9, 0), torch.bfloat16)],
-)  # fmt: skip
+    [
+        ("T4", (7, 5), torch.float32),
+        ("V100", (7, 0), torch.float32),
+        ("A100", (8, 0), torch.bfloat16),
+        ("L4", (8, 9), torch.bfloat16),
+        ("H100", (9, 0), torch.bfloat16),
+    ],
+)
 def test_bf16_only_where_the_gpu_has_it_natively(fake_gpu, gpu, capability, dtype):
     fake_gpu(capability)
     cuda = torch.device("cuda")
@@ -92,11 +97,23 @@ def _train_under_bf16_autocast(tmp_path):
 
     base, tokenizer = _tiny_llama()
     pristine = copy.deepcopy(base)
-    rows = [tokenize_example(tokenizer, build_messages(f"Code word for {w}?"), c)
-            for w, c in [("apple", "ZEBRA-7"), ("river", "QUARTZ-2"), ("cloud", "MANGO-9"), ("stone", "VIOLET-4")]]  # fmt: skip
+    rows = [
+        tokenize_example(tokenizer, build_messages(f"Code word for {w}?"), c)
+        for w, c in [("apple", "ZEBRA-7"), ("river", "QUARTZ-2"), ("cloud", "MANGO-9"), ("stone", "VIOLET-4")]
+    ]
     dataset = Dataset.from_list(rows)
-    config = ft.FinetuneConfig(rank=4, alpha=8, steps=3, batch_size=2, lr=1e-2, warmup_steps=1, save_steps=100,
-                               logging_steps=1, device=DEVICE, mixed_precision="bf16")  # fmt: skip
+    config = ft.FinetuneConfig(
+        rank=4,
+        alpha=8,
+        steps=3,
+        batch_size=2,
+        lr=1e-2,
+        warmup_steps=1,
+        save_steps=100,
+        logging_steps=1,
+        device=DEVICE,
+        mixed_precision="bf16",
+    )
     model = ft.add_lora(base, config.rank, config.alpha)
     args = ft.training_arguments(config, tmp_path / "run")
     assert args.bf16, "mixed_precision='bf16' must switch on the Trainer's bf16 autocast, as on a GPU"

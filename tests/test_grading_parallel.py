@@ -62,8 +62,20 @@ def runs(tmp_path_factory):
             str(course),
         ]
         assert main([*args, "--timeout", str(TIMEOUT)]) == 0
-    assert main(["grade-merge", str(root / "shard1"), str(root / "shard2"), "--out", str(root / "merged"),
-                 "--course", str(course)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "grade-merge",
+                str(root / "shard1"),
+                str(root / "shard2"),
+                "--out",
+                str(root / "merged"),
+                "--course",
+                str(course),
+            ]
+        )
+        == 0
+    )
     return root, kinds
 
 

@@ -23,13 +23,17 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _tracked_files() -> list[str]:
-    out = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
     return [name for name in out.split("\0") if name and (REPO / name).is_file()]
 
 
 def _clean_env(tmp: Path, bin_dir: Path | None = None) -> dict[str, str]:
     """This process's environment without its venv, and Jupyter/IPython settings of the test's own."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHONPATH", "MPLBACKEND"))}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHONPATH", "MPLBACKEND"))
+    }
     path = env["PATH"].replace(os.path.dirname(sys.executable) + os.pathsep, "")
     env["PATH"] = f"{bin_dir}{os.pathsep}{path}" if bin_dir else path
     for name in ("JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR", "IPYTHONDIR"):
@@ -39,7 +43,9 @@ def _clean_env(tmp: Path, bin_dir: Path | None = None) -> dict[str, str]:
 
 def _run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
-    assert proc.returncode == 0, f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, (
+        f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    )
     return proc
 
 
@@ -64,8 +70,12 @@ def test_wheel_carries_every_module_of_the_package(wheel):
     missing = sorted(package_files - names)
     assert not missing, f"{wheel.name} lacks {missing}: pyproject.toml's package list misses them"
     code = {n for n in names if not n.startswith("lora101-")}  # the rest is the .dist-info folder
-    assert code == package_files, f"{wheel.name} carries files that are not the package's: {sorted(code - package_files)}"
-    entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert code == package_files, (
+        f"{wheel.name} carries files that are not the package's: {sorted(code - package_files)}"
+    )
+    entry_points = (
+        zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    )
     assert "lora101 = lora101.cli:main" in entry_points
 
 
@@ -78,12 +88,24 @@ def installed(wheel, tmp_path_factory) -> tuple[Path, dict[str, str]]:
     bin_dir = venv / "bin"
     env = _clean_env(tmp, bin_dir)
     _run([sys.executable, "-m", "venv", str(venv)], env=env)
-    torch_pin = next(line for line in (REPO / "constraints.txt").read_text().splitlines() if line.startswith("torch=="))
+    torch_pin = next(
+        line for line in (REPO / "constraints.txt").read_text().splitlines() if line.startswith("torch==")
+    )
     # torch first and pinned, as the Makefile does: a bare requirement would pick a multi-GB CUDA build
     _run([str(bin_dir / "python"), "-m", "pip", "install", "-q", torch_pin], env=env)
     _run(
-        [str(bin_dir / "python"), "-m", "pip", "install", "-q", "-c", str(REPO / "constraints.txt"), str(wheel),
-         "nbconvert", "ipykernel"],
+        [
+            str(bin_dir / "python"),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "-c",
+            str(REPO / "constraints.txt"),
+            str(wheel),
+            "nbconvert",
+            "ipykernel",
+        ],
         env=env,
     )
     return bin_dir, env
@@ -111,7 +133,9 @@ def _subcommands(bin_dir: Path, env: dict[str, str]) -> list[list[str]]:
 @pytest.mark.slow
 def test_installed_wheel_is_not_the_checkout(installed):
     bin_dir, env = installed
-    where = _run([str(bin_dir / "python"), "-c", "import lora101; print(lora101.__file__)"], env=env, cwd=bin_dir)
+    where = _run(
+        [str(bin_dir / "python"), "-c", "import lora101; print(lora101.__file__)"], env=env, cwd=bin_dir
+    )
     assert str(bin_dir.parent) in where.stdout, f"lora101 imported from {where.stdout.strip()}, not the venv"
 
 
@@ -119,7 +143,15 @@ def test_installed_wheel_is_not_the_checkout(installed):
 def test_every_subcommand_answers_help_from_the_installed_wheel(installed):
     bin_dir, env = installed
     commands = _subcommands(bin_dir, env)
-    expected = {("doctor",), ("model",), ("finetune",), ("grade",), ("bench",), ("bench", "finetune"), ("bench", "nf4")}
+    expected = {
+        ("doctor",),
+        ("model",),
+        ("finetune",),
+        ("grade",),
+        ("bench",),
+        ("bench", "finetune"),
+        ("bench", "nf4"),
+    }
     assert expected <= {tuple(c) for c in commands}, commands
     for command in commands:
         proc = _run([str(bin_dir / "lora101"), *command, "--help"], env=env, cwd=bin_dir)
@@ -143,8 +175,17 @@ def test_lesson_1_runs_from_the_installed_wheel(installed, tmp_path):
     shutil.copytree(REPO / "lessons" / "results", tmp_path / "results")
     out = tmp_path / "executed.ipynb"
     _run(
-        [str(bin_dir / "jupyter"), "nbconvert", "--to", "notebook", "--execute", "--ExecutePreprocessor.timeout=600",
-         "--output", str(out), str(lesson)],
+        [
+            str(bin_dir / "jupyter"),
+            "nbconvert",
+            "--to",
+            "notebook",
+            "--execute",
+            "--ExecutePreprocessor.timeout=600",
+            "--output",
+            str(out),
+            str(lesson),
+        ],
         env=env,
         cwd=tmp_path,
     )

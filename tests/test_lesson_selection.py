@@ -30,4 +30,7 @@ def test_a_lesson_that_does_not_exist_is_named(monkeypatch):
 
 
 def test_stored_results_follow_the_repository():
-    assert raw_url("lessons/results", "me/fork", "dev") == "https://raw.githubusercontent.com/me/fork/dev/lessons/results"
+    assert (
+        raw_url("lessons/results", "me/fork", "dev")
+        == "https://raw.githubusercontent.com/me/fork/dev/lessons/results"
+    )

@@ -25,9 +25,15 @@ def _tiny_llama(seed: int = 0):
 
     torch.manual_seed(seed)
     config = LlamaConfig(
-        hidden_size=64, intermediate_size=160, num_hidden_layers=3, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=500, tie_word_embeddings=True, head_dim=16,
-    )  # fmt: skip
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=500,
+        tie_word_embeddings=True,
+        head_dim=16,
+    )
     return LlamaForCausalLM(config).train()
 
 
@@ -195,8 +201,14 @@ def test_the_gpu_prediction_is_within_ten_percent_of_the_measured_cuda_peak():
         config = LlamaConfig(**scale.SIZES[row["size"]])
         settings = row["settings"]
         predicted = estimate_memory(
-            config, row["method"], precision="bf16" if row["dtype"] == "bfloat16" else "fp32", r=scale.RANK,
-            target_modules="all-linear", batch_size=settings["batch_size"], seq_len=settings["seq_len"],
-            gradient_checkpointing=settings["checkpointing"], optimizer_state_dtype="param",
-        )  # fmt: skip
+            config,
+            row["method"],
+            precision="bf16" if row["dtype"] == "bfloat16" else "fp32",
+            r=scale.RANK,
+            target_modules="all-linear",
+            batch_size=settings["batch_size"],
+            seq_len=settings["seq_len"],
+            gradient_checkpointing=settings["checkpointing"],
+            optimizer_state_dtype="param",
+        )
         assert predicted.total == pytest.approx(row["peak_bytes"], rel=0.10), (row["size"], row["method"])

@@ -23,13 +23,18 @@ from lora101 import models
 def test_cache_root_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("LORA101_CACHE", str(tmp_path / "mine"))
     assert models.cache_root() == (tmp_path / "mine").resolve()
-    assert models.cache_dir("smollm2-135m-instruct") == (tmp_path / "mine" / "models" / "smollm2-135m-instruct").resolve()
+    assert (
+        models.cache_dir("smollm2-135m-instruct")
+        == (tmp_path / "mine" / "models" / "smollm2-135m-instruct").resolve()
+    )
 
 
 def test_cache_root_defaults_to_the_per_user_cache(monkeypatch, tmp_path):
     monkeypatch.delenv("LORA101_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    expected = tmp_path / "lora101" if sys.platform != "darwin" else Path.home() / "Library" / "Caches" / "lora101"
+    expected = (
+        tmp_path / "lora101" if sys.platform != "darwin" else Path.home() / "Library" / "Caches" / "lora101"
+    )
     assert models.cache_root() == expected.resolve()
 
 
@@ -171,7 +176,9 @@ def test_a_corrupted_cache_is_rebuilt_for_real(private_cache):
     assert models.verify_cache(folder) is None
     tokenizer = models.load_tokenizer()
     model = models.load_model(precision="fp32", device="cpu")
-    assert _answer(model, tokenizer, "What is the capital of France?").startswith("The capital of France is Paris")
+    assert _answer(model, tokenizer, "What is the capital of France?").startswith(
+        "The capital of France is Paris"
+    )
 
 
 def test_a_conversion_that_fails_midway_leaves_nothing_behind(monkeypatch, tmp_path):
@@ -196,7 +203,9 @@ def test_a_killed_conversion_is_never_mistaken_for_a_model(tmp_path):
     parent = tmp_path / "models"
     child = subprocess.Popen(
         [sys.executable, "-c", "from lora101.models import prepare_model; prepare_model(quiet=True)"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 120
     while not list(parent.glob(".smollm2-135m-instruct.partial-*")):
@@ -211,7 +220,9 @@ def test_a_killed_conversion_is_never_mistaken_for_a_model(tmp_path):
 
     subprocess.run(
         [sys.executable, "-c", "from lora101.models import prepare_model; prepare_model(quiet=True)"],
-        env=env, check=True, timeout=300,
+        env=env,
+        check=True,
+        timeout=300,
     )
     assert models.verify_cache(final) is None
     assert list(parent.glob("*.partial-*")) == [], "debris of the killed run is swept"
@@ -230,8 +241,9 @@ def test_choose_device_is_overridable(monkeypatch):
 
 def test_choose_device_automatic_matches_the_hardware(monkeypatch):
     monkeypatch.delenv("LORA101_DEVICE", raising=False)
-    expected = "cuda" if torch.cuda.is_available() else (
-        "mps" if torch.backends.mps.is_available() else "cpu")
+    expected = (
+        "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
+    )
     assert models.choose_device().type == expected
 
 
@@ -253,11 +265,13 @@ def test_load_model_rejects_an_unknown_precision():
 
 def _answer(model, tokenizer, question: str) -> str:
     messages = [{"role": "user", "content": question}]
-    inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    inputs = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
     inputs = {k: v.to(model.device) for k, v in inputs.items()}
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=12, do_sample=False)
-    return tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    return tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
 @pytest.fixture(scope="module")
@@ -269,7 +283,9 @@ def tokenizer(base_model_dir):
 def test_full_and_half_precision_models_answer(precision, tokenizer):
     model = models.load_model(precision=precision, device="cpu")
     assert model.dtype == {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
-    assert _answer(model, tokenizer, "What is the capital of France?").startswith("The capital of France is Paris")
+    assert _answer(model, tokenizer, "What is the capital of France?").startswith(
+        "The capital of France is Paris"
+    )
 
 
 def test_4bit_model_on_the_cpu_is_nf4_with_double_quantisation_and_runs(tokenizer):

@@ -12,7 +12,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted(
-    [*REPO.glob("lessons/*.ipynb"), *REPO.glob("exercises/source/*/*.ipynb"), *REPO.glob("exercises/release/*/*.ipynb")]
+    [
+        *REPO.glob("lessons/*.ipynb"),
+        *REPO.glob("exercises/source/*/*.ipynb"),
+        *REPO.glob("exercises/release/*/*.ipynb"),
+    ]
 )
 # An absolute path of this checkout, a virtual environment or a home folder in an output.
 MACHINE_PATH = re.compile(r"site-packages|/\.venv/|/home/\w+|/root/|" + re.escape(str(REPO)))
@@ -42,7 +46,9 @@ def _problems(path: Path) -> list[str]:
                 problems.append(f"code cell {index}: a stored error ({output.get('ename')})")
             elif output["output_type"] == "stream" and output["name"] == "stderr":
                 first = _text(output).strip().splitlines()[:1]
-                problems.append(f"code cell {index}: stderr is stored ({first}); fix the warning or filter it narrowly")
+                problems.append(
+                    f"code cell {index}: stderr is stored ({first}); fix the warning or filter it narrowly"
+                )
             elif match := MACHINE_PATH.search(_text(output)):
                 problems.append(f"code cell {index}: a path of this machine is stored ({match.group(0)!r})")
     return problems

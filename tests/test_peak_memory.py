@@ -21,7 +21,9 @@ print(before, peak_rss_bytes())
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent's peak leaks into ru_maxrss on Linux")
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="the parent's peak leaks into ru_maxrss on Linux"
+)
 def test_a_worker_reports_its_own_peak_not_its_parents():
     parent_block = bytearray(1500 * MiB)
     parent_block[::4096] = b"\1" * len(parent_block[::4096])

@@ -59,4 +59,6 @@ def test_lora_training_does_not_depend_on_the_thread_count(base_model_dir, batch
         return lora_state_dict(model)
 
     one, two = _with_threads(1, train), _with_threads(2, train)
-    assert all(torch.equal(one[k], two[k]) for k in one), "LoRA weights after 3 steps differ between 1 and 2 threads"
+    assert all(torch.equal(one[k], two[k]) for k in one), (
+        "LoRA weights after 3 steps differ between 1 and 2 threads"
+    )

@@ -20,7 +20,14 @@ ANSWERS = {"a1_double": ("double", "2 * x"), "a2_triple": ("triple", "3 * x")}
 
 
 def _cell(kind: str, source: str, grade_id: str, **flags):
-    meta = {"grade": False, "solution": False, "locked": False, "schema_version": 3, "grade_id": grade_id, **flags}
+    meta = {
+        "grade": False,
+        "solution": False,
+        "locked": False,
+        "schema_version": 3,
+        "grade_id": grade_id,
+        **flags,
+    }
     cell = nbformat.v4.new_code_cell(source) if kind == "code" else nbformat.v4.new_markdown_cell(source)
     cell.metadata["nbgrader"] = meta
     return cell
@@ -39,12 +46,16 @@ def source_notebook(assignment: str):
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.cells = [
         _cell("markdown", f"# {assignment}", "title", locked=True),
-        _cell("code", f"def {name}(x):\n    ### BEGIN SOLUTION\n    return {body}\n    ### END SOLUTION", "answer",
-              solution=True),
+        _cell(
+            "code",
+            f"def {name}(x):\n    ### BEGIN SOLUTION\n    return {body}\n    ### END SOLUTION",
+            "answer",
+            solution=True,
+        ),
         _cell("code", test, "test_answer", grade=True, locked=True, points=3),
         _cell("markdown", "Why?", "q_written", locked=True),
         _cell("markdown", "YOUR ANSWER HERE", "written", grade=True, solution=True, points=2),
-    ]  # fmt: skip
+    ]
     return nb
 
 

@@ -72,7 +72,9 @@ def check_all() -> list[str]:
             if len(calls) == before:
                 problems.append(f"{name}: moving {control._kwarg!r} did not rerun the explorer")
             elif calls[-1][control._kwarg] != control.value:
-                problems.append(f"{name}: {control._kwarg!r} reached the explorer as {calls[-1][control._kwarg]!r}")
+                problems.append(
+                    f"{name}: {control._kwarg!r} reached the explorer as {calls[-1][control._kwarg]!r}"
+                )
         problems += [f"{name}: {e}" for e in errors]
         if hasattr(widget, "_repr_mimebundle_"):
             bundle = widget._repr_mimebundle_()
@@ -89,5 +91,9 @@ if __name__ == "__main__":
     found = check_all()
     for line in found:
         print(line)
-    print(f"ipywidgets {ipywidgets.__version__}: {len(explorers())} explorers answered" if not found else "FAILED")
+    print(
+        f"ipywidgets {ipywidgets.__version__}: {len(explorers())} explorers answered"
+        if not found
+        else "FAILED"
+    )
     sys.exit(1 if found else 0)

@@ -72,9 +72,17 @@ def _predicted_bytes(config, device, batch: int, seq_len: int) -> float:
 
     cuda, precision = device.type == "cuda", "bf16" if has_native_bf16(device) else "fp32"
     shape = ModelShape.from_config(config)
-    budget = estimate_memory(shape, "qlora", precision=precision, optimizer="adamw-8bit" if cuda else "adamw",
-                             r=16, target_modules="all-linear", batch_size=batch, seq_len=seq_len,
-                             gradient_checkpointing=cuda)  # fmt: skip
+    budget = estimate_memory(
+        shape,
+        "qlora",
+        precision=precision,
+        optimizer="adamw-8bit" if cuda else "adamw",
+        r=16,
+        target_modules="all-linear",
+        batch_size=batch,
+        seq_len=seq_len,
+        gradient_checkpointing=cuda,
+    )
     return budget.total + (shape.n_params - shape.linear_params) * (4 - BYTES[precision])
 
 
@@ -96,23 +104,40 @@ def _load_and_train(model_dir: str, device, steps: int, batch: int, work: Path, 
     frozen = not any(p.requires_grad for p in base.parameters())
     _check(checks, "prepare_model_for_kbit_training", frozen and dtypes == ["torch.float32"], dtypes=dtypes)
     config = ft.FinetuneConfig(
-        model=model_dir, steps=steps, batch_size=batch, warmup_steps=max(1, steps // 10), save_steps=steps,
-        logging_steps=1, device=str(device),
-    )  # fmt: skip
+        model=model_dir,
+        steps=steps,
+        batch_size=batch,
+        warmup_steps=max(1, steps // 10),
+        save_steps=steps,
+        logging_steps=1,
+        device=str(device),
+    )
     model = ft.add_lora(base, config.rank, config.alpha)
     args = ft.training_arguments(config, work / "checkpoints", progress=False)
     native = has_native_bf16(device)  # compute capability 8.0+: the Trainer must autocast to bf16 there
     _check(checks, "bf16 autocast where native", args.bf16 == native, bf16=args.bf16, native_bf16=native)
-    tf32 = {"matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
-            "float32_matmul_precision": torch.get_float32_matmul_precision()}  # fmt: skip
+    tf32 = {
+        "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+    }
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     result = ft.train(model, tokenizer, data["train"], config, work / "checkpoints", progress=False)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     predicted = _predicted_bytes(base.config, device, batch, max(len(x) for x in data["train"]["input_ids"]))
     first, last = result.losses[0], min(result.losses[-3:])
-    _check(checks, "training lowers the loss", last < first, first=first, last=last, steps=result.global_step,
-           tokens_per_s=result.tokens_per_s, peak_bytes=peak, predicted_bytes=predicted, tf32_settings=tf32)  # fmt: skip
+    _check(
+        checks,
+        "training lowers the loss",
+        last < first,
+        first=first,
+        last=last,
+        steps=result.global_step,
+        tokens_per_s=result.tokens_per_s,
+        peak_bytes=peak,
+        predicted_bytes=predicted,
+        tf32_settings=tf32,
+    )
     return model, tokenizer, data
 
 
@@ -152,8 +177,10 @@ def run(model_dir: str, device_name: str, steps: int, batch: int, out: Path) -> 
         _check(checks, "merge within 1e-4 of the largest logit", gap <= 1e-4 * scale, gap=gap, scale=scale)
         four_bit = trained[at_answer]
         agree = float((four_bit.argmax(-1) == reference.argmax(-1)).float().mean())
-        report["four_bit_vs_dequantized"] = {"max_gap": float((four_bit - reference).abs().max()),
-                                             "same_next_token": agree}  # fmt: skip
+        report["four_bit_vs_dequantized"] = {
+            "max_gap": float((four_bit - reference).abs().max()),
+            "same_next_token": agree,
+        }
     report["wall_s"] = time.perf_counter() - start
     out.write_text(json.dumps(report, indent=2) + "\n")
     failed = [c["check"] for c in checks if not c["passed"]]

@@ -33,8 +33,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 LESSON5 = Path(__file__).resolve().with_name("lesson5_path.py")
 CARRY = REPO / "test-artifacts" / "gpu-carry"
-MODEL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
-               "generation_config.json")  # fmt: skip
+MODEL_FILES = (
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "generation_config.json",
+)
 OOM_MARKERS = ("CUDA out of memory", "OutOfMemoryError", "CUBLAS_STATUS_ALLOC_FAILED")
 BUNDLED = ("results.json", "scale.jsonl", "table.md", "lesson5.json", "steps.tar.gz")
 
@@ -59,8 +64,9 @@ def run_step(argv: list[str], timeout_s: float, log: Path, env: dict | None = No
     with open(log, "w") as out:
         out.write(f"$ {shlex.join(argv)}\n")
         out.flush()
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO,
-                                start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True
+        )
         try:
             rc = proc.wait(timeout=timeout_s)
             status = "ok" if rc == 0 else "failed"
@@ -90,20 +96,83 @@ def plan(opts: argparse.Namespace, model_dir: Path, source: Path) -> list[Step]:
     steps = [
         Step("machine", [py, __file__, "machine"], 60),
         Step("doctor", [py, "-m", "lora101.cli", "doctor"], 120),
-        Step("model", [py, str(LESSON5), "build-model", str(source), str(model_dir), *(["--tiny"] if tiny else [])], 180),
-        Step("lesson5", [py, str(LESSON5), "run", str(model_dir), "--device", opts.device, "--steps",
-                         str(opts.lesson5_steps), "--batch-size", str(opts.batch), "--json", str(opts.out / "lesson5.json")], 300),
-        Step("finetune", [py, "-m", "lora101.cli", "bench", "finetune", "--model", str(model_dir), "--steps",
-                          str(opts.finetune_steps), "--batch-size", str(opts.batch), "--json"], 300, "finetune"),
-    ]  # fmt: skip
+        Step(
+            "model",
+            [py, str(LESSON5), "build-model", str(source), str(model_dir), *(["--tiny"] if tiny else [])],
+            180,
+        ),
+        Step(
+            "lesson5",
+            [
+                py,
+                str(LESSON5),
+                "run",
+                str(model_dir),
+                "--device",
+                opts.device,
+                "--steps",
+                str(opts.lesson5_steps),
+                "--batch-size",
+                str(opts.batch),
+                "--json",
+                str(opts.out / "lesson5.json"),
+            ],
+            300,
+        ),
+        Step(
+            "finetune",
+            [
+                py,
+                "-m",
+                "lora101.cli",
+                "bench",
+                "finetune",
+                "--model",
+                str(model_dir),
+                "--steps",
+                str(opts.finetune_steps),
+                "--batch-size",
+                str(opts.batch),
+                "--json",
+            ],
+            300,
+            "finetune",
+        ),
+    ]
     for size, method, repeat in scale_order(opts.sizes, opts.repeats):
         steps_n = opts.scale_steps.get(size, opts.scale_steps["default"])
         output = opts.out / "work" / f"scale_{size}_{method}_{repeat}.json"
-        argv = [py, "-m", "lora101.cli", "bench", "scale", "--sizes", size, "--methods", method, "--steps",
-                str(steps_n), "--batch-size", str(opts.scale_batch), "--seq-len", str(opts.seq_len), "--device",
-                opts.device, "--output", str(output), "--force"]  # fmt: skip
-        meta = dict(size=size, method=method, repeat=repeat, output=str(output),
-                    settings=dict(steps=steps_n, batch_size=opts.scale_batch, seq_len=opts.seq_len, checkpointing=True))  # fmt: skip
+        argv = [
+            py,
+            "-m",
+            "lora101.cli",
+            "bench",
+            "scale",
+            "--sizes",
+            size,
+            "--methods",
+            method,
+            "--steps",
+            str(steps_n),
+            "--batch-size",
+            str(opts.scale_batch),
+            "--seq-len",
+            str(opts.seq_len),
+            "--device",
+            opts.device,
+            "--output",
+            str(output),
+            "--force",
+        ]
+        meta = dict(
+            size=size,
+            method=method,
+            repeat=repeat,
+            output=str(output),
+            settings=dict(
+                steps=steps_n, batch_size=opts.scale_batch, seq_len=opts.seq_len, checkpointing=True
+            ),
+        )
         steps.append(
             Step(f"scale_{size}_{method}_{repeat}", argv, 240 if size == "8b" else 150, "scale", meta)
         )
@@ -122,8 +191,14 @@ class Check:
         (out / "work").mkdir(exist_ok=True)
         for name in BUNDLED:
             (out / name).unlink(missing_ok=True)
-        self.doc: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": None,
-                          "steps": [], "scale": [], "finetune": None, "lesson5": None}  # fmt: skip
+        self.doc: dict = {
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "machine": None,
+            "steps": [],
+            "scale": [],
+            "finetune": None,
+            "lesson5": None,
+        }
 
     def record(self, step: Step, result: dict, log: Path) -> None:
         entry = {"step": step.name, **result, "log": f"steps/{log.name}", "command": shlex.join(step.argv)}
@@ -193,7 +268,7 @@ def spread(rows: list[dict]) -> dict[str, dict]:
             "runs": len(v),
             "median_tokens_per_s": statistics.median(v),
             "spread": (max(v) - min(v)) / statistics.median(v),
-        }  # fmt: skip
+        }
         for key, v in found.items()
         if len(v) > 1
     }
@@ -201,14 +276,26 @@ def spread(rows: list[dict]) -> dict[str, dict]:
 
 def table(doc: dict) -> str:
     """The check's results as Markdown: steps, scale rows (as measured, or why not), bench finetune."""
-    lines = ["# GPU check", "", f"started {doc['started']}; machine: {json.dumps(doc['machine'])}", "",
-             "| step | status | seconds | log |", "| --- | --- | --- | --- |"]  # fmt: skip
+    lines = [
+        "# GPU check",
+        "",
+        f"started {doc['started']}; machine: {json.dumps(doc['machine'])}",
+        "",
+        "| step | status | seconds | log |",
+        "| --- | --- | --- | --- |",
+    ]
     lines += [f"| {s['step']} | {s['status']} | {s['seconds']} | {s['log']} |" for s in doc["steps"]]
-    lines += ["", "| size | method | repeat | status | peak GiB | predicted GiB | tokens/s |", "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    lines += [
+        "",
+        "| size | method | repeat | status | peak GiB | predicted GiB | tokens/s |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in doc["scale"]:
         if r["status"] == "ok":
-            lines.append(f"| {r['size']} | {r['method']} | {r['repeat']} | ok | {r['peak_bytes'] / 2**30:.2f} "
-                         f"| {r['predicted_bytes'] / 2**30:.2f} | {r['tokens_per_s']:.1f} |")  # fmt: skip
+            lines.append(
+                f"| {r['size']} | {r['method']} | {r['repeat']} | ok | {r['peak_bytes'] / 2**30:.2f} "
+                f"| {r['predicted_bytes'] / 2**30:.2f} | {r['tokens_per_s']:.1f} |"
+            )
         else:
             lines.append(f"| {r['size']} | {r['method']} | {r['repeat']} | {r['status']} | | | |")
     for key, s in doc.get("spread", {}).items():
@@ -241,14 +328,23 @@ def machine() -> int:
             versions[name] = md.version(name)
         except md.PackageNotFoundError:
             versions[name] = None
-    info = {"platform": platform.platform(), "torch_cuda": torch.version.cuda, "versions": versions,
-            "tf32": {"matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
-                     "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
-                     "float32_matmul_precision": torch.get_float32_matmul_precision()}}  # fmt: skip
+    info = {
+        "platform": platform.platform(),
+        "torch_cuda": torch.version.cuda,
+        "versions": versions,
+        "tf32": {
+            "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+            "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+            "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        },
+    }
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        info.update(gpu=props.name, capability=list(torch.cuda.get_device_capability(0)),
-                    gpu_memory_bytes=props.total_memory)  # fmt: skip
+        info.update(
+            gpu=props.name,
+            capability=list(torch.cuda.get_device_capability(0)),
+            gpu_memory_bytes=props.total_memory,
+        )
         if shutil.which("nvidia-smi"):
             subprocess.run(["nvidia-smi"], timeout=30)
     print("MACHINE " + json.dumps(info), flush=True)
@@ -317,9 +413,28 @@ def carry(dest: Path, python_version: str) -> int:
     wheels.mkdir(parents=True)
     pins = [f"{name}=={md.version(name)}" for name in ("bitsandbytes", "datasets", "dill", "multiprocess")]
     platforms = [a for n in (28, 27, 24, 17) for a in ("--platform", f"manylinux_2_{n}_x86_64")]
-    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-                    "--python-version", python_version, "--implementation", "cp", *platforms,
-                    "--platform", "manylinux2014_x86_64", "-d", str(wheels), *pins], check=True)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--python-version",
+            python_version,
+            "--implementation",
+            "cp",
+            *platforms,
+            "--platform",
+            "manylinux2014_x86_64",
+            "-d",
+            str(wheels),
+            *pins,
+        ],
+        check=True,
+    )
     for wheel in wheels.glob("bitsandbytes-*.whl"):
         slim_wheel(wheel, keep=("libbitsandbytes_cpu.so", "libbitsandbytes_cuda13"))
     folder = dest / "smollm2-135m-instruct"
@@ -368,13 +483,21 @@ def _options(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--out", type=Path, default=Path(env("GPU_CHECK_OUT") or REPO / "test-artifacts" / "gpu")
     )
-    parser.add_argument("--bundle", type=Path, default=env("GPU_CHECK_BUNDLE") or None,
-                        help="a folder to copy results.json, scale.jsonl, table.md, lesson5.json, steps.tar.gz to")  # fmt: skip
+    parser.add_argument(
+        "--bundle",
+        type=Path,
+        default=env("GPU_CHECK_BUNDLE") or None,
+        help="a folder to copy results.json, scale.jsonl, table.md, lesson5.json, steps.tar.gz to",
+    )
     parser.add_argument("--device", default=env("GPU_CHECK_DEVICE") or "cuda")
     parser.add_argument("--sizes", default=env("GPU_CHECK_SIZES") or "1b,8b")
     parser.add_argument("--budget-s", type=float, default=float(env("GPU_CHECK_BUDGET_S") or 500))
-    parser.add_argument("--break", dest="broken", default=env("GPU_CHECK_BREAK") or "",
-                        help="comma-separated steps to replace by a failing command (tests the rest still run)")  # fmt: skip
+    parser.add_argument(
+        "--break",
+        dest="broken",
+        default=env("GPU_CHECK_BREAK") or "",
+        help="comma-separated steps to replace by a failing command (tests the rest still run)",
+    )
     parser.add_argument("--carry", type=Path, default=Path(env("GPU_CHECK_CARRY") or CARRY))
     opts = parser.parse_args(argv)
     opts.sizes = [s.strip() for s in opts.sizes.split(",") if s.strip()]
