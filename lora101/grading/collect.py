@@ -11,14 +11,22 @@ Layouts: ``SUBMISSIONS_DIR/STUDENT/ASSIGNMENT/NOTEBOOK.ipynb`` or ``SUBMISSIONS_
   submission (a link could point at another student's work or the instructor's files), a student folder
   whose name holds characters nbgrader treats as a pattern (``* ? [ ]``) or a path separator.
 
+- A graded cell pasted twice (the same nbgrader ``grade_id`` on two cells): the first keeps it, the copies
+  become ordinary cells, and the log names them. A notebook whose nbgrader metadata was stripped (copied
+  into a new notebook) gets it back from the source cell by cell when its cells still line up with the
+  source's; otherwise it is graded as far as nbgrader can, and the log says what to fix.
+
 Every accepted notebook is copied (contents only) into a folder private to the grader before anything
 else happens, so a later change to ``SUBMISSIONS_DIR`` cannot change what is graded.
 """
 
 from __future__ import annotations
 
+import copy
 import re
 import shutil
+import uuid
+import warnings
 from pathlib import Path
 
 BAD_NAME = re.compile(r"[*?\[\]\\/]|^\.")
@@ -81,6 +89,56 @@ def _student(student: Path, expected: dict[str, list[str]], log) -> dict[str, di
     return found
 
 
+def _grade_id(cell) -> str | None:
+    return cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
+
+
+def _copy_repaired(path: Path, source: Path, target: Path, who: str, log) -> None:
+    """Copy notebook ``path`` to ``target``, mending the two metadata accidents nbgrader cannot grade."""
+    import nbformat  # here, not at the top: it takes a while to import and ``lora101 --help`` needs none
+
+    try:
+        with (
+            warnings.catch_warnings()
+        ):  # a pasted cell repeats its cell id; nbformat warns, and the ids are mended below
+            warnings.simplefilter("ignore")
+            nb = nbformat.read(path, as_version=4)
+    except Exception as err:  # not JSON, not a notebook: nbgrader will say so; keep the file as it is
+        log(f"{who}: {path.name} is not a readable notebook ({type(err).__name__}): grading it as it is")
+        shutil.copyfile(path, target)
+        return
+    ids: set[str] = set()
+    for cell in nb.cells:
+        if cell.get("id") in ids:
+            cell["id"] = uuid.uuid4().hex[:8]
+        ids.add(cell.get("id"))
+    seen: set[str] = set()
+    for index, cell in enumerate(nb.cells):
+        grade_id = _grade_id(cell)
+        if grade_id and grade_id in seen:
+            del cell.metadata["nbgrader"]
+            log(f"{who}: cell {index} repeats graded cell {grade_id!r}: the first one is graded")
+        elif grade_id:
+            seen.add(grade_id)
+    if not seen:
+        _restore_metadata(nb, nbformat.read(source, as_version=4), who, log)
+    nbformat.write(nb, target)
+
+
+def _restore_metadata(nb, source, who: str, log) -> None:
+    """A notebook with no nbgrader metadata at all: take it from ``source`` if the cells line up."""
+    if [c.cell_type for c in nb.cells] != [c.cell_type for c in source.cells]:
+        log(
+            f"{who}: the notebook has lost its nbgrader metadata and its cells no longer match the handout: "
+            "ask the student to paste their answers into a fresh copy of the handout"
+        )
+        return
+    for cell, original in zip(nb.cells, source.cells, strict=True):
+        if "nbgrader" in original.metadata:
+            cell.metadata["nbgrader"] = copy.deepcopy(original.metadata["nbgrader"])
+    log(f"{who}: the notebook had lost its nbgrader metadata: restored from the handout, cell by cell")
+
+
 def collect(submissions: Path, course: Path, names: list[str], private: Path, log) -> dict:
     """(student, assignment) -> notebooks copied into ``private``, named as the assignment expects."""
     if not submissions.is_dir():
@@ -100,7 +158,8 @@ def collect(submissions: Path, course: Path, names: list[str], private: Path, lo
             target = private / student.name / assignment
             target.mkdir(parents=True)
             for stem, nb in notebooks.items():
-                shutil.copyfile(nb, target / f"{stem}.ipynb")
+                source = course / "source" / assignment / f"{stem}.ipynb"
+                _copy_repaired(nb, source, target / f"{stem}.ipynb", f"{student.name}/{assignment}", log)
             found[(student.name, assignment)] = sorted(target.glob("*.ipynb"))
     if not found:
         raise ValueError(

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shutil
 import warnings
 from pathlib import Path
 
 STATUS = "status"
 LOG_TAIL_LINES = 15
+ERROR_LINE = re.compile(r"^\s*[\w.]*(Error|Exception|Interrupt)\b.*:")
 
 
 def status_path(out: Path, student: str, assignment: str) -> Path:
@@ -51,8 +53,12 @@ def _quiet_sqlalchemy():
 
 
 def _tail(text: str) -> str:
+    """The end of nbgrader's log, ending on the error that stopped it (not nbgrader's "see the above
+    traceback", which would be the last line and is all scores.csv keeps)."""
     lines = [line for line in (text or "").strip().splitlines() if line.strip()]
-    return "\n".join(lines[-LOG_TAIL_LINES:])
+    causes = [i for i, line in enumerate(lines) if ERROR_LINE.match(line) and "NbGraderException" not in line]
+    end = causes[-1] + 1 if causes else len(lines)
+    return "\n".join(lines[max(0, end - LOG_TAIL_LINES) : end])
 
 
 def _findings(out: Path, student: str, assignment: str) -> list[str]:
