@@ -205,6 +205,16 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     generation.save_pretrained(out)
 
 
+def make_readable(folder: Path) -> None:
+    """Let every user read a converted model (mkdtemp makes 0700 folders, safetensors may write 0600 files):
+    the cache holds public weights, and ``lora101 grade``'s sandbox reads it as an unprivileged user."""
+    for path in [folder, *folder.rglob("*")]:
+        if path.is_symlink():
+            continue
+        mode = path.stat().st_mode
+        path.chmod(mode | (0o555 if path.is_dir() else 0o444))
+
+
 def prepare_model(name: str = DEFAULT_MODEL, *, force: bool = False, quiet: bool = False) -> Path:
     """Make sure bundled model ``name`` is converted and intact in the cache; return its folder.
 
@@ -236,6 +246,7 @@ def prepare_model(name: str = DEFAULT_MODEL, *, force: bool = False, quiet: bool
         try:
             _convert_gguf(gguf, tmp)
             _write_manifest(tmp, source=str(gguf))
+            make_readable(tmp)
             if final.exists():
                 trash = Path(tempfile.mkdtemp(prefix=f".{name}.old-", dir=final.parent))
                 final.rename(trash / "model")
