@@ -37,7 +37,7 @@ from lora101.grading.config import COURSE_DIR, DEFAULT_OPTIONS, Options, api_for
 from lora101.grading.merge import gradebook_lock, merge_folder, set_aside, submissions_in
 from lora101.grading.one import STATUS, grade_one, read_status
 from lora101.grading.parallel import grade_in_parallel, select_shard
-from lora101.grading.sandbox import sandbox_problem
+from lora101.grading.sandbox import open_model_cache, sandbox_problem
 
 
 def assignments(course_root: Path) -> list[str]:
@@ -101,6 +101,7 @@ def _check_sandbox(options: Options) -> None:
             "grade on Linux with bubblewrap, or, for code you trust, pass --unsandboxed (scores.csv then "
             "marks every submission so graded)"
         )
+    open_model_cache()
 
 
 def _check_course(course: Path) -> list[str]:

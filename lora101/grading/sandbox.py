@@ -106,15 +106,20 @@ def read_only_paths() -> list[str]:
     wanted = ["/usr", *_python_paths(), *(p for p in ETC_FILES if Path(p).exists())]
     if cache_root().is_dir():
         wanted.append(str(cache_root()))  # the converted base model, for exercises that load it
-        if os.geteuid() == 0:  # the sandbox reads it as nobody; caches converted before were private
-            from lora101.models import make_readable
-
-            make_readable(cache_root())
     kept: list[str] = []
     for path in sorted(set(wanted)):
         if not any(path == k or path.startswith(k.rstrip("/") + "/") for k in kept):
             kept.append(path)
     return kept
+
+
+def open_model_cache() -> None:
+    """As root, let the sandbox (which runs as nobody) read the model cache: caches converted before
+    ``lora101.models.make_readable`` existed were private. Once per grading run, not per kernel."""
+    if os.geteuid() == 0 and cache_root().is_dir():
+        from lora101.models import make_readable
+
+        make_readable(cache_root())
 
 
 def _symlinks() -> list[tuple[str, str]]:
