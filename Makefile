@@ -54,7 +54,7 @@ lab: setup
 # process). One torch thread each (TEST_THREADS): two processes with two threads each on two cores stall in
 # every small parallel region, waiting for a thread the other process holds (lessons ran several times slower).
 # SmolLM2's fp32 and NF4 logits are bit for bit the same with one thread as with two; training steps can differ
-# by rounding on some CPUs (tests/test_threads.py), so notebooks are re-executed with OMP_NUM_THREADS=1 too.
+# by rounding on some CPUs (tests/integration/test_threads.py), so notebooks are re-executed with OMP_NUM_THREADS=1 too.
 # The browser test drives Debian's chromium; ensure_chromium.sh installs it with apt where it can (root on
 # Debian/Ubuntu, as in CI) and otherwise says why the browser test will skip. ensure_bubblewrap.sh does the
 # same for bubblewrap, the sandbox `lora101 grade` runs every submission in (from `setup`).

@@ -28,7 +28,7 @@ TESTED = {
     "nbgrader": "0.9.6",
     "nbval": "0.11.0",
 }
-# The versions Colab's GPU runtime ships (../shared/colab), which tests/test_colab_runtime.py runs every
+# The versions Colab's GPU runtime ships (../shared/colab), which tests/course/test_colab_runtime.py runs every
 # lesson with; a learner on Colab keeps them, so they count as tested too.
 TESTED_ON_COLAB = {
     "torch": "2.11.0",

@@ -12,7 +12,7 @@ The recipe (QLoRA, Dettmers et al. 2023), for a weight tensor ``w`` of any shape
 
 Dequantisation is a table look-up times the block's absmax. Every rounding choice here follows
 bitsandbytes' CPU path (``bitsandbytes/backends/default/ops.py`` for 4-bit quantisation, its C++ CPU kernels
-for dequantisation and for the 8-bit step), so ``tests/test_nf4.py`` can demand ``torch.equal``. The code is
+for dequantisation and for the 8-bit step), so ``tests/unit/test_nf4.py`` can demand ``torch.equal``. The code is
 device-agnostic torch; it is tested on the CPU only (this course's CI has no GPU).
 
 Public API:

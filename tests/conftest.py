@@ -13,6 +13,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+# The tests are by kind (unit/, integration/, course/, conformance/); what several of them share (tiny models,
+# a tiny nbgrader course, the exercises' wrong answers, the browser driver) is in helpers/, imported by name.
+sys.path.insert(0, str(REPO / "tests" / "helpers"))
+
 # Nothing in the tests may reach a model hub; transformers and huggingface_hub honour these, and
 # notebook kernels started by nbval inherit them.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -31,7 +31,7 @@ SAFE_MIME = ("text/plain", "image/png", "image/jpeg")
 # folder comes first on the search path, so 'index.html.j2' is that template) is extended. Its blocks that
 # show scores (body: the heading and table of contents; markdowncell and input: each graded cell) are
 # repeated with "awaiting grading" where a hand grade is missing. Its macros cannot be overridden (with three
-# levels of templates Jinja keeps the parent's), hence the lora101_ names. tests/test_feedback.py checks the
+# levels of templates Jinja keeps the parent's), hence the lora101_ names. tests/course/test_feedback.py checks the
 # real output.
 FEEDBACK_TEMPLATE = r"""
 {%- extends 'index.html.j2' -%}

@@ -72,7 +72,7 @@ def merge_gradebook(src: Path, dst: Path, pairs: list[tuple[str, str]]) -> None:
 
     with Gradebook(db_url(src)) as source, Gradebook(db_url(dst)) as target, warnings.catch_warnings():
         # nbgrader's add_submission reads the new rows before adding them to its session; SQLAlchemy warns,
-        # and the rows are added right after (the merged grades are checked in tests/test_grading_parallel.py).
+        # and the rows are added right after (the merged grades are checked in tests/course/test_grading_parallel.py).
         warnings.simplefilter("ignore", SAWarning)
         for student, assignment in pairs:
             sub = source.find_submission(assignment, student)

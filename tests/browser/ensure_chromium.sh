@@ -1,5 +1,5 @@
 #!/bin/sh
-# Make sure Debian's chromium is there for tests/test_browser.py; a no-op when it already is.
+# Make sure Debian's chromium is there for tests/course/test_browser.py; a no-op when it already is.
 # Installs it with apt only when /usr/bin/chromium is missing AND we are root with apt-get available
 # (CI machines); anywhere else (a laptop without root) it prints why it did nothing and exits 0, and
 # the browser test then skips with the same reason. Never a browser download from the web.

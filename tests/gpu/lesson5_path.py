@@ -1,4 +1,4 @@
-"""Lesson 5's code path on one device, as a script: the GPU check's step that tests/test_finetune.py cannot be
+"""Lesson 5's code path on one device, as a script: the GPU check's step that tests/integration/test_finetune.py cannot be
 (its device is fixed to the CPU).
 
     python tests/gpu/lesson5_path.py build-model SOURCE OUT [--tiny]

@@ -174,7 +174,7 @@ def test_lesson_6s_stored_sweeps_repeat_every_setting_over_three_seeds(name, mon
     from lora101.colab import stored_results
     from lora101.sweep_stats import by_setting
 
-    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # the repository root, as a learner runs from
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])  # the repository root, as a learner runs from
     doc = sweep.load_results(stored_results(name, "lora101 sweep"))
     assert doc["format"] == sweep.FORMAT and doc["complete"]
     assert len(doc["seeds"]) >= 3 and doc["settings"]["eval_examples"] >= 100

@@ -99,7 +99,7 @@ def test_stored_run_is_over_a_billion_parameters_with_every_method(monkeypatch):
     """The stored results lessons 1 and 6 show: found from the repository root, one run per method."""
     from pathlib import Path
 
-    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
     doc = scale.load_stored("memory_at_scale.json")
     assert [r["method"] for r in doc["runs"]] == list(scale.METHODS)
     assert all(r["parameters"] >= 1_000_000_000 and r["peak_bytes"] > 0 for r in doc["runs"])

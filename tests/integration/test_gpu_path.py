@@ -15,7 +15,7 @@ import os
 
 import pytest
 import torch
-from tiny_llama import tiny_llama  # tests/ is on sys.path
+from tiny_llama import tiny_llama  # tests/helpers is on sys.path (tests/conftest.py)
 
 from lora101 import finetune as ft
 from lora101 import models

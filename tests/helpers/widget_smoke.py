@@ -1,7 +1,7 @@
 """Build every explorer in lora101.widgets and move each of its controls; exits non-zero on any failure.
 
-Run as a script by tests/test_colab_runtime.py inside the Colab stand-in (ipywidgets 7), and in-process by
-tests/test_widgets.py (ipywidgets 8). ipywidgets only logs an exception raised by an interactive callback, so
+Run as a script by tests/course/test_colab_runtime.py inside the Colab stand-in (ipywidgets 7), and in-process by
+tests/unit/test_widgets.py (ipywidgets 8). ipywidgets only logs an exception raised by an interactive callback, so
 every callback is wrapped here and its exceptions are collected.
 """
 

@@ -32,11 +32,11 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from lesson_selection import selected_lessons  # tests/ is on sys.path
+from lesson_selection import selected_lessons  # tests/helpers is on sys.path (tests/conftest.py)
 
 from lora101 import colab, doctor
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 COLAB_FREEZE = REPO.parent / "shared" / "colab" / "pip-freeze.gpu.txt"
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 pytestmark = [pytest.mark.slow, pytest.mark.colab]
@@ -275,7 +275,7 @@ def test_widgets_render_and_answer_with_ipywidgets_7(colab_env):
     without an error (a failing callback is only logged by ipywidgets, so the log is watched)."""
     env, _, after = colab_env
     assert after["ipywidgets"].startswith("7.")
-    script = REPO / "tests" / "widget_smoke.py"
+    script = REPO / "tests" / "helpers" / "widget_smoke.py"
     out = env.run(env.bin / "python", script, env={"MPLBACKEND": "Agg"}).stdout
     assert "explorers answered" in out, out
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from lesson_selection import selected_lessons  # tests/ is on sys.path
+from lesson_selection import selected_lessons  # tests/helpers is on sys.path (tests/conftest.py)
 
 from lora101.colab import raw_url
 

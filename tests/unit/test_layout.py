@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parent.parent / "lora101"
+PACKAGE = Path(__file__).resolve().parents[2] / "lora101"
 MAX_FUNCTION_LINES = 60
 
 

@@ -1,7 +1,7 @@
 """A two-assignment nbgrader course that grades in seconds (no torch), and a class of submissions for it.
 
 The grading machinery (``lora101.grading``) does not care what the exercises teach; the real exercises are
-graded end to end in ``tests/test_exercises_nbgrader.py``. Each assignment has an answer cell, a test cell
+graded end to end in ``tests/course/test_exercises_nbgrader.py``. Each assignment has an answer cell, a test cell
 with visible and hidden tests (points 3) and a written answer graded by hand (points 2).
 """
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-LESSON = Path(__file__).resolve().parent.parent / "lessons" / "05_qlora_finetune.ipynb"
+LESSON = Path(__file__).resolve().parents[2] / "lessons" / "05_qlora_finetune.ipynb"
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ import pytest
 
 from lora101 import colab
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 BINDER = REPO / "binder"
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 

@@ -176,7 +176,7 @@ def _stored_gpu_scale_rows() -> list[dict]:
     import json
     from pathlib import Path
 
-    folder = Path(__file__).resolve().parent.parent / "lessons" / "results" / "gpu"
+    folder = Path(__file__).resolve().parents[2] / "lessons" / "results" / "gpu"
     rows = []
     for path in sorted(folder.glob("scale*.json*")):
         lines = path.read_text().splitlines() if path.suffix == ".jsonl" else [path.read_text()]

@@ -609,7 +609,7 @@ SPARED: dict[str, dict[str, list[str]]] = {
 
 def _load_more() -> None:
     """An assignment's variants may also live in a module of their own beside this one,
-    ``tests/exercise_variants_<assignment>.py``, that defines ``VARIANTS`` (and optionally ``SPARED``) for it."""
+    ``tests/helpers/exercise_variants_<assignment>.py``, that defines ``VARIANTS`` (and optionally ``SPARED``) for it."""
     import importlib.util
     from pathlib import Path
 

@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 import pytest
-from tiny_llama import tiny_llama  # tests/ is on sys.path
+from tiny_llama import tiny_llama  # tests/helpers is on sys.path (tests/conftest.py)
 
 from lora101.cli import main
 from lora101.distributed import BatchSplitError, per_process_batch

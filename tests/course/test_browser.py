@@ -28,9 +28,9 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from lesson_selection import selected_lessons  # tests/ is on sys.path
+from lesson_selection import selected_lessons  # tests/helpers is on sys.path (tests/conftest.py)
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SCREENSHOTS = Path(os.environ.get("LORA101_SCREENSHOTS", REPO / "test-artifacts" / "screenshots"))
 TIMEOUT = float(os.environ.get("LORA101_BROWSER_TIMEOUT", "900"))
 # "Nothing a learner runs sits silent for more than a few seconds": the longest a lesson may show

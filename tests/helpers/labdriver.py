@@ -1,6 +1,6 @@
 """Drive JupyterLab in a real browser, the way a learner uses the course: open a notebook, Run All, look.
 
-Used by tests/test_browser.py. Two pieces:
+Used by tests/course/test_browser.py. Two pieces:
 
 - `LabServer`: `jupyter lab` from this venv on 127.0.0.1 (a free port, a random token, throwaway config,
   data and runtime folders so that nothing of the user's Jupyter set-up leaks in, and the venv's own

@@ -20,7 +20,7 @@ from nbgrader.api import Gradebook
 from lora101.grading import api_for, grade, scores
 from lora101.grading.config import Options
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SOURCE = REPO / "exercises" / "source"
 RELEASE = REPO / "exercises" / "release"
 ASSIGNMENTS = sorted(p.name for p in SOURCE.iterdir() if p.is_dir())

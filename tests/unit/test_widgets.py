@@ -1,5 +1,5 @@
 """Every explorer in lora101.widgets builds and answers when each control moves (ipywidgets of this venv;
-tests/test_colab_runtime.py runs the same check with Colab's ipywidgets 7)."""
+tests/course/test_colab_runtime.py runs the same check with Colab's ipywidgets 7)."""
 
 import widget_smoke
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import nbformat
 import pytest
 import torch
-from exercise_variants import SPARED, VARIANTS  # tests/ is on sys.path (pytest rootdir-less import)
+from exercise_variants import SPARED, VARIANTS  # tests/helpers is on sys.path (tests/conftest.py)
 
 from lora101.colab import SETUP_CELL, colab_badge
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SOURCE = REPO / "exercises" / "source"
 RELEASE = REPO / "exercises" / "release"
 ASSIGNMENTS = sorted(p.name for p in SOURCE.iterdir() if p.is_dir())
