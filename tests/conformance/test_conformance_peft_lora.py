@@ -10,6 +10,7 @@ import json
 
 import pytest
 import torch
+from tiny_llama import random_llama  # tests/helpers is on sys.path (tests/conftest.py)
 from torch import nn
 
 from lora101.lora import (
@@ -235,10 +236,7 @@ def test_disable_adapter_on_one_layer_restores_state_on_error():
 
 
 def _tiny_llama():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
+    return random_llama(
         vocab_size=128,
         hidden_size=32,
         intermediate_size=64,
@@ -247,7 +245,6 @@ def _tiny_llama():
         num_key_value_heads=2,
         max_position_embeddings=64,
     )
-    return LlamaForCausalLM(config).eval()
 
 
 @pytest.mark.parametrize(

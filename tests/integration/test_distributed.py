@@ -13,22 +13,13 @@ import subprocess
 import sys
 
 import pytest
+from code_words import write_jsonl
 from tiny_llama import tiny_llama  # tests/helpers is on sys.path (tests/conftest.py)
 
 from lora101.cli import main
 from lora101.distributed import BatchSplitError, per_process_batch
 from lora101.finetune import ADAPTER_FILES, last_checkpoint
 
-PAIRS = [
-    ("apple", "ZEBRA-7"),
-    ("river", "QUARTZ-2"),
-    ("cloud", "MANGO-9"),
-    ("stone", "VIOLET-4"),
-    ("train", "ORBIT-1"),
-    ("piano", "LEMON-5"),
-    ("tiger", "COMET-3"),
-    ("glass", "BISON-8"),
-]
 STEPS = 4
 # The first logged loss is computed before any update (warm-up makes step 1's learning rate 0): the two
 # runs must agree there up to float rounding. After updates, sums taken in another order (two halves
@@ -51,11 +42,7 @@ def tiny_model(tmp_path_factory, base_model_dir):
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "pairs.jsonl"
-    path.write_text(
-        "".join(json.dumps({"prompt": f"Code word for {w}?", "response": c}) + "\n" for w, c in PAIRS)
-    )
-    return path
+    return write_jsonl(tmp_path_factory.mktemp("data") / "pairs.jsonl")
 
 
 def _args(model, data, out, *extra):

@@ -4,27 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from code_words import PAIRS  # tests/helpers is on sys.path (tests/conftest.py)
 
 from lora101 import finetune as ft
 from lora101.data import tokenize_example
 from lora101.tasks.contracts import build_messages
 
 pytestmark = pytest.mark.slow
-
-# Short made-up pairs: cheap to train on, and impossible to answer without learning them.
-PAIRS = [
-    (f"Code word for {w}?", c)
-    for w, c in [
-        ("apple", "ZEBRA-7"),
-        ("river", "QUARTZ-2"),
-        ("cloud", "MANGO-9"),
-        ("stone", "VIOLET-4"),
-        ("train", "ORBIT-1"),
-        ("piano", "LEMON-5"),
-        ("tiger", "COMET-3"),
-        ("glass", "BISON-8"),
-    ]
-]
 
 
 def _dataset(tokenizer):

@@ -7,24 +7,11 @@ import json
 import shutil
 
 import pytest
+from code_words import PAIRS  # tests/helpers is on sys.path (tests/conftest.py)
 
 from lora101.cli import main
 from lora101.finetune import ADAPTER_FILES, FinetuneConfig, last_checkpoint
 from lora101.tasks import DEFAULT_TASK, task_names
-
-PAIRS = [
-    (f"Code word for {w}?", c)
-    for w, c in [
-        ("apple", "ZEBRA-7"),
-        ("river", "QUARTZ-2"),
-        ("cloud", "MANGO-9"),
-        ("stone", "VIOLET-4"),
-        ("train", "ORBIT-1"),
-        ("piano", "LEMON-5"),
-        ("tiger", "COMET-3"),
-        ("glass", "BISON-8"),
-    ]
-]
 
 
 def _write(path, lines):

@@ -15,6 +15,7 @@ import os
 
 import pytest
 import torch
+from code_words import PAIRS
 from tiny_llama import tiny_llama  # tests/helpers is on sys.path (tests/conftest.py)
 
 from lora101 import finetune as ft
@@ -97,10 +98,7 @@ def _train_under_bf16_autocast(tmp_path):
 
     base, tokenizer = _tiny_llama()
     pristine = copy.deepcopy(base)
-    rows = [
-        tokenize_example(tokenizer, build_messages(f"Code word for {w}?"), c)
-        for w, c in [("apple", "ZEBRA-7"), ("river", "QUARTZ-2"), ("cloud", "MANGO-9"), ("stone", "VIOLET-4")]
-    ]
+    rows = [tokenize_example(tokenizer, build_messages(prompt), answer) for prompt, answer in PAIRS[:4]]
     dataset = Dataset.from_list(rows)
     config = ft.FinetuneConfig(
         rank=4,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_llama import random_llama  # tests/helpers is on sys.path (tests/conftest.py)
 
 import lora101  # noqa: F401
 from lora101.lora import count_parameters, inject_lora
@@ -20,11 +21,9 @@ from lora101.memory import (
 
 
 def _tiny_llama(seed: int = 0):
-    """A small random Llama (same code path as SmolLM2, seconds to train a step)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
+    """A small random Llama (same code path as SmolLM2, seconds to train a step), in training mode."""
+    return random_llama(
+        seed,
         hidden_size=64,
         intermediate_size=160,
         num_hidden_layers=3,
@@ -33,8 +32,7 @@ def _tiny_llama(seed: int = 0):
         vocab_size=500,
         tie_word_embeddings=True,
         head_dim=16,
-    )
-    return LlamaForCausalLM(config).train()
+    ).train()
 
 
 def test_presets_have_the_published_parameter_counts():
