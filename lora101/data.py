@@ -5,6 +5,8 @@ what every task and every file of examples goes through lives here:
 
 * :func:`prompt_text` - the chat template applied to the prompt, up to where the answer starts;
 * :func:`tokenize_example` - prompt + answer as token ids, prompt tokens masked out of the loss (-100);
+* :func:`collator` and :func:`next_token_labels` - batches of those, padded, and the label each position
+  is scored against (training's loss and :func:`lora101.evaluate.teacher_forced` read the same ones);
 * :func:`read_jsonl` - your examples, one JSON object a line, either ``{"prompt": ..., "response": ...}``
   or ``{"messages": [..., {"role": "assistant", "content": ...}]}``; bad lines are refused naming the
   file and line (:class:`DataError`);
@@ -60,6 +62,25 @@ def tokenize_example(
         raise ValueError(f"example has {len(input_ids)} tokens, more than max_length={max_length}")
     labels = [IGNORE_INDEX] * len(prompt_ids) + list(response_ids)
     return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels}
+
+
+def collator(tokenizer):
+    """Batches of tokenised examples: ``input_ids`` padded with the pad token, ``labels`` with -100 (so padding
+    is never learned or scored)."""
+    from transformers import DataCollatorForSeq2Seq  # inside: importing transformers takes seconds
+
+    return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
+
+
+def next_token_labels(labels):
+    """The label each position's logits are scored against: ``labels`` moved one to the left, -100 last.
+
+    (batch, seq) -> (batch, seq), a new tensor. The logits at position t predict token t + 1, so a position
+    whose next-token label is -100 (the prompt, the padding, the last token) is never scored.
+    """
+    shifted = labels.roll(-1, dims=1)
+    shifted[:, -1] = IGNORE_INDEX
+    return shifted
 
 
 def tokenize_examples(tokenizer, examples: list[dict], path: Path | None, max_length: int):

@@ -9,16 +9,10 @@ run cannot poison the next; the parent streams the child's step events into one 
 every measured number into a JSON results file (:func:`run_sweep`), together with the machine, the
 library versions and the settings. The file is never overwritten unless ``force=True``.
 
-How a run is scored (:func:`teacher_forced_scores`), with one forward pass per batch instead of a
-generation loop (about 50x cheaper on a CPU, which is what makes a sweep affordable there):
-
-* ``test_loss`` - cross-entropy of the reference answer's tokens (and the end-of-turn token);
-* ``token_accuracy`` - the fraction of those tokens that are the model's top choice;
-* ``exact_match`` - the fraction of examples whose every answer token is the top choice. This is
-  exactly "greedy decoding reproduces the reference answer, character for character, and stops":
-  greedy decoding emits the top token given what came before, so by induction it reproduces the
-  reference iff the top token is right at every position given the reference prefix. (It is
-  stricter than :func:`lora101.evaluate.score`, which parses the JSON and so forgives spacing.)
+How a run is scored: :func:`lora101.evaluate.teacher_forced` on the held-out test split, one forward pass
+per batch instead of a generation loop (about 50x cheaper on a CPU, which is what makes a sweep affordable
+there): ``test_loss``, ``token_accuracy`` and ``exact_match``, which counts the examples that greedy
+decoding would reproduce exactly (its docstring says why).
 """
 
 from __future__ import annotations
@@ -43,6 +37,7 @@ from lora101 import finetune as ft
 from lora101.data import task_examples, tokenize_examples
 from lora101.doctor import installed_versions
 from lora101.errors import ConfigError, OptionError
+from lora101.evaluate import teacher_forced
 from lora101.lora import count_parameters
 from lora101.memory import lora_parameter_count, peak_memory_bytes, peak_rss_bytes
 from lora101.models import DEFAULT_MODEL, choose_device, has_native_bf16, load_tokenizer, resolve_model
@@ -307,41 +302,6 @@ def _model(run: Run, settings: Settings, seed: int):
     return model, asdict(count_parameters(model))
 
 
-def teacher_forced_scores(model, tokenizer, dataset, batch_size: int = 8) -> dict[str, float]:
-    """``test_loss``, ``token_accuracy`` and ``exact_match`` of ``model`` on ``dataset`` (columns
-    ``input_ids``, ``attention_mask``, ``labels`` with the prompt masked as -100); see the module docstring."""
-    rows = dataset.select_columns(["input_ids", "attention_mask", "labels"])
-    device = next(model.parameters()).device
-    collate = ft.collator(tokenizer)
-    was_training = model.training
-    model.eval()
-    loss_sum = 0.0
-    hits = tokens = exact = 0
-    with torch.no_grad():
-        for start in range(0, len(rows), batch_size):
-            batch = collate([rows[i] for i in range(start, min(start + batch_size, len(rows)))])
-            batch = {k: v.to(device) for k, v in batch.items()}
-            logits = model(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-            ).logits.float()
-            target = ft.next_token_labels(batch["labels"])  # position t predicts token t+1
-            mask = target != -100
-            loss_sum += float(torch.nn.functional.cross_entropy(logits[mask], target[mask], reduction="sum"))
-            right = (logits.argmax(-1) == target) & mask
-            hits += int(right.sum())
-            tokens += int(mask.sum())
-            exact += int((right | ~mask).all(dim=1).sum())
-    model.train(was_training)
-    return {
-        "test_loss": loss_sum / tokens,
-        "token_accuracy": hits / tokens,
-        "exact_match": exact / len(rows),
-        "exact": exact,
-        "n": len(rows),
-        "answer_tokens": tokens,
-    }
-
-
 def run_one(
     run: Run,
     settings: Settings,
@@ -374,7 +334,7 @@ def run_one(
     if run.method != "none":
         result["train"] = _train(finetune_config(run, settings, seed), model, train_examples, on_step)
     start = time.perf_counter()
-    result["eval"] = teacher_forced_scores(model, tokenizer, test_ds)
+    result["eval"] = teacher_forced(model, tokenizer, test_ds)
     result["eval"]["wall_s"] = time.perf_counter() - start
     result["peak_memory_bytes"] = peak_memory_bytes(device)
     result["peak_memory_kind"] = (
@@ -536,7 +496,8 @@ def _new_document(settings: Settings, command: str | None) -> dict[str, Any]:
         "settings": fixed,
         "seeds": seeds,
         "scoring": "teacher-forced on the held-out test split (the same examples for every run and seed): "
-        "exact_match = greedy decoding reproduces the reference answer exactly (see lora101.sweep)",
+        "exact_match = greedy decoding reproduces the reference answer exactly "
+        "(see lora101.evaluate.teacher_forced)",
         "runs": [],
     }
 

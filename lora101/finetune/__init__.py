@@ -27,6 +27,8 @@ The package's modules: ``config`` (the run's description), ``model`` (base, adap
 
 from __future__ import annotations
 
+# ft.collator and ft.next_token_labels, as lessons 5 and 8 call them (they live with the data they batch)
+from lora101.data import collator, next_token_labels
 from lora101.errors import ConfigError, Interrupted, OutputError
 from lora101.finetune.config import MIXED_PRECISIONS, PRECISIONS, FinetuneConfig
 from lora101.finetune.model import (
@@ -51,12 +53,10 @@ from lora101.finetune.training import (
     autocast_dtype,
     checkpoint_problem,
     checkpointing_arguments,
-    collator,
     drop_autocast_wrapper,
     last_checkpoint,
     live_loss_plot,
     logits_mask_supported,
-    next_token_labels,
     resumable_checkpoint,
     train,
     training_arguments,

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from lora101 import distributed
+from lora101.data import collator, next_token_labels
 from lora101.finetune.config import FinetuneConfig
 from lora101.models import choose_device, has_native_bf16
 
@@ -172,24 +173,8 @@ class TrainResult:
     world_size: int = 1  # processes that trained together; tokens and tokens/s count all of them
 
 
-def collator(tokenizer):
-    """Pads ``input_ids`` with the pad token and ``labels`` with -100 (so padding is never learned)."""
-    from transformers import DataCollatorForSeq2Seq
-
-    return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
-
-
-def next_token_labels(labels: torch.Tensor) -> torch.Tensor:
-    """The label each position's logits are scored against: ``labels`` moved one to the left, -100 last.
-
-    (batch, seq) -> (batch, seq). The logits at position t predict token t + 1, so a position whose
-    next-token label is -100 (the prompt, the padding, the last token) is never scored.
-    """
-    return torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)
-
-
 def training_collator(tokenizer):
-    """:func:`collator`, plus a ``logits_to_keep`` mask of the positions that predict an answer token.
+    """:func:`lora101.data.collator`, plus a ``logits_to_keep`` mask of the positions that predict an answer.
 
     The model's output layer turns every position into 49,152 vocabulary logits, but the loss reads only
     the positions that predict an answer token (the prompt is masked out): about half of them. Given the

@@ -198,7 +198,7 @@ def test_teacher_forced_exact_match_is_greedy_decoding(base_model_dir):
     from datasets import Dataset
 
     from lora101.data import prompt_text, tokenize_example
-    from lora101.evaluate import generate
+    from lora101.evaluate import generate, teacher_forced
     from lora101.models import load_model, load_tokenizer
     from lora101.tasks.contracts import build_messages
 
@@ -211,7 +211,7 @@ def test_teacher_forced_exact_match_is_greedy_decoding(base_model_dir):
     )[0]
     changed = own[:-1] + ("X" if own[-1] != "X" else "Y")
     rows = [tokenize_example(tok, build_messages(sentence), answer) for answer in (own, changed)]
-    scores = [sweep.teacher_forced_scores(model, tok, Dataset.from_list([row])) for row in rows]
+    scores = [teacher_forced(model, tok, Dataset.from_list([row])) for row in rows]
     assert scores[0]["exact"] == 1 and scores[0]["token_accuracy"] == 1.0
     assert scores[1]["exact"] == 0 and scores[1]["token_accuracy"] < 1.0
     assert scores[1]["test_loss"] > scores[0]["test_loss"]

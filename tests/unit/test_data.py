@@ -166,3 +166,11 @@ def test_splits_come_from_the_task_or_from_a_file_with_a_share_held_out(tmp_path
         data.load_splits(None, path, task=contracts, **sizes)
     with pytest.raises(data.DataError, match="--eval-fraction"):
         data.load_splits(path, None, task=None, **{**sizes, "eval_fraction": 1.5})
+
+
+def test_next_token_labels_score_each_position_against_the_token_after_it():
+    import torch
+
+    labels = torch.tensor([[-100, -100, 5, 6, 7], [-100, 3, 4, -100, -100]])
+    assert data.next_token_labels(labels).tolist() == [[-100, 5, 6, 7, -100], [3, 4, -100, -100, -100]]
+    assert labels[0, 0] == -100 and labels[0, 4] == 7, "labels is left as it was"
