@@ -20,6 +20,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lora101.lora import LoRALinear
+from lora101.memory import NF4_BITS, ModelShape, lora_parameter_count
+
 __all__ = [
     "SMOLLM2_SHAPE",
     "NF4_CODE",
@@ -101,8 +104,6 @@ def _close(got, want, rel=1e-9, what="the value") -> None:
 
 
 def _memory_shape():
-    from lora101.memory import ModelShape
-
     s = SMOLLM2_SHAPE
     return ModelShape(
         "smollm2-135m",
@@ -151,7 +152,6 @@ def linear_shapes(fn) -> None:
 
 def model_lora_params(fn) -> None:
     """``fn(shape_dict, r, target_modules)``: adapter parameters over all layers, checked by lora101.memory."""
-    from lora101.memory import lora_parameter_count
 
     shape = _memory_shape()
     for r, targets in ((8, ["q_proj", "v_proj"]), (16, ["q_proj", "k_proj", "v_proj", "o_proj"])):
@@ -171,7 +171,6 @@ ADAPTER_BYTES = 4 + 4 + 8  # fp32 adapter weight + fp32 gradient + AdamW moments
 
 def reference_memory_gb(n_params: float, method: str, n_trainable: float = 0) -> float:
     """Exercise 1's model answer: weights + gradients + optimizer (+ master weights), no activations, in 1e9 B."""
-    from lora101.memory import NF4_BITS
 
     if method == "full":
         return n_params * FULL_BYTES / 1e9
@@ -228,7 +227,6 @@ def _layer(cls, fin=20, fout=12, r=4, alpha=8.0, seed=0, use_rslora=False, dtype
 def _reference(base: nn.Linear, layer, r, alpha, use_rslora=False):
     """lora101.lora.LoRALinear with the learner's A and B on a copy of the base: float32 adapter path, its
     result cast to the base's dtype."""
-    from lora101.lora import LoRALinear
 
     ref_base = nn.Linear(base.in_features, base.out_features).to(base.weight.dtype)
     ref_base.load_state_dict(base.state_dict())
@@ -779,7 +777,6 @@ def lora_config(
 
 def trainable_params(got, r=16, targets=("q_proj", "k_proj", "v_proj", "o_proj")) -> None:
     """The adapter's trainable parameters on SmolLM2-135M (lora101.memory.lora_parameter_count)."""
-    from lora101.memory import lora_parameter_count
 
     want = lora_parameter_count(_memory_shape(), r, targets)
     assert isinstance(got, int) and not isinstance(got, bool), f"give an int, got {type(got).__name__}"
@@ -795,7 +792,6 @@ HEADROOM = 1.2
 
 def reference_route(c: dict) -> str:
     """Exercise 5's decision path (prompting, clarify, full, lora, qlora, smaller_model)."""
-    from lora101.memory import NF4_BITS
 
     if c["prompting_good_enough"]:
         return "prompting"
@@ -843,7 +839,6 @@ def route_cases() -> list[dict]:
 
 def _route_needs(c: dict) -> dict[str, float]:
     """The memory each fine-tuning route needs, in decimal GB, as the notebook states it."""
-    from lora101.memory import NF4_BITS
 
     gb = c["n_params"] / 1e9
     return {"full": gb * FULL_BYTES, "lora": gb * 2 * HEADROOM, "qlora": gb * NF4_BITS / 8 * HEADROOM}

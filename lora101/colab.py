@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import urllib.request
 from pathlib import Path
 
 REPO_SLUG = "lora101/lora101"  # the GitHub repository learners install from: OWNER/NAME
@@ -64,7 +65,6 @@ def stored_results(name: str, written_by: str) -> Path:
     from ``lessons/`` (Jupyter, nbval) or in ``lessons/results/`` from the repository root; on Colab, where only
     the notebook is on disk, downloaded from the course's repository into the working folder.
     ``written_by`` is the command that writes the file, named in the error when it is nowhere."""
-    import urllib.request
 
     for path in (Path("results") / name, Path("lessons/results") / name):
         if path.is_file():

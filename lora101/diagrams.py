@@ -13,6 +13,8 @@ Show a figure in a notebook with ``lora101.plots.display_figure(fig)``.
 
 from __future__ import annotations
 
+from lora101.memory import estimate_memory
+
 __all__ = ["lora_bypass", "qlora_dataflow", "memory_breakdown", "FROZEN_COLOR", "TRAINED_COLOR"]
 
 FROZEN_COLOR = "#c9d6e8"  # blue-grey: weights that get no gradient
@@ -280,8 +282,6 @@ def memory_breakdown(
     MemoryBudgets drawn, so the numbers on the bars can be checked against them.
     """
     import matplotlib.pyplot as plt
-
-    from lora101.memory import estimate_memory
 
     scale = {"GB": 1e9, "MB": 1e6}.get(unit)
     if scale is None:

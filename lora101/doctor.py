@@ -13,6 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+import psutil
+from packaging.version import Version
+
+from lora101 import models
+from lora101.models import choose_device, has_native_bf16
+
 # The newest combination this course is tested with; constraints.txt pins the same versions (a test checks
 # that they agree). bitsandbytes, peft and transformers are the ones that break each other silently.
 TESTED = {
@@ -65,8 +71,6 @@ class Check:
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
-    from packaging.version import Version
-
     return Version(text).release
 
 
@@ -96,7 +100,6 @@ def check_torch() -> Check:
             "torch is not installed",
             "run `make setup` (see README for a CUDA build)",
         )
-    from lora101.models import has_native_bf16
 
     devices = ["cpu"]
     if torch.cuda.is_available():
@@ -158,8 +161,6 @@ def check_bnb_4bit() -> Check:
         import bitsandbytes.functional as F
         import torch
 
-        from lora101.models import choose_device
-
         device = choose_device()
         if device.type == "mps":
             device = torch.device("cpu")
@@ -197,8 +198,6 @@ def check_bnb_4bit() -> Check:
 
 
 def check_model() -> Check:
-    from lora101 import models
-
     folder = models.cache_dir()
     problem = models.verify_cache(folder)
     if problem is None:
@@ -219,8 +218,6 @@ def check_model() -> Check:
 
 
 def check_memory() -> Check:
-    import psutil
-
     available = psutil.virtual_memory().available / 2**30
     detail = f"{available:.1f} GiB RAM available"
     try:

@@ -31,7 +31,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from lora101.models import BUNDLED, DEFAULT_MODEL, bundled_gguf, resolve_model
+from lora101.finetune import merge_adapter
+from lora101.gguf_writer import write_gguf
+from lora101.models import BUNDLED, DEFAULT_MODEL, bundled_gguf, load_tokenizer, resolve_model
 
 FORMATS = ("safetensors", "gguf")
 GGUF_TYPES = ("f16", "q8_0", "q4_0")  # what write_gguf writes; `lora101 export` offers the first two
@@ -69,8 +71,6 @@ def export_adapter(
         if fmt == "safetensors":
             write_safetensors(merged, model, tmp)
         else:
-            from lora101.gguf_writer import write_gguf
-
             write_gguf(
                 merged, _source_gguf(model), tmp / gguf_file_name(gguf_type), gguf_type, progress=progress
             )
@@ -172,8 +172,6 @@ def merged_model(adapter_dir: str | os.PathLike, model: str = DEFAULT_MODEL):
     """The base's NF4 weights de-quantised to fp32 with the adapter folded in (a plain transformers model)."""
     import bitsandbytes as bnb
 
-    from lora101.finetune import merge_adapter
-
     merged = merge_adapter(adapter_dir, model, dtype="fp32", device="cpu")
     if any(isinstance(m, bnb.nn.Linear4bit) for m in merged.modules()):  # never merged into 4-bit weights
         raise RuntimeError("the merged model still holds 4-bit layers: this is a bug in lora101.export")
@@ -182,7 +180,6 @@ def merged_model(adapter_dir: str | os.PathLike, model: str = DEFAULT_MODEL):
 
 def write_safetensors(merged, model: str, folder: Path) -> Path:
     """``merged`` in bf16 (the tied embedding stored once) with the base's tokenizer, into ``folder``."""
-    from lora101.models import load_tokenizer
 
     copy.deepcopy(merged).to(torch.bfloat16).save_pretrained(folder, safe_serialization=True)
     load_tokenizer(model).save_pretrained(folder)

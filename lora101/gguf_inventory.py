@@ -19,8 +19,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import gguf
 import numpy as np
 import torch
+from gguf import GGML_QUANT_SIZES
+from gguf.quants import dequantize, quantize
 
 from lora101.models import BUNDLED, DEFAULT_MODEL, bundled_gguf
 
@@ -66,8 +69,6 @@ def _reader(model: str | Path):
 
 
 def _dequantized(tensor) -> torch.Tensor:
-    from gguf.quants import dequantize
-
     # a copy: the F32 tensors are views of the memory-mapped file
     values = np.array(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
     shape = tuple(int(n) for n in reversed(tensor.shape))
@@ -105,7 +106,6 @@ def read_inventory(model: str | Path = DEFAULT_MODEL) -> list[TensorInfo]:
 
     Reads and de-quantises the whole file (about 3 s for SmolLM2-135M on one core).
     """
-    from gguf import GGML_QUANT_SIZES
 
     infos = []
     for tensor in _reader(model).tensors:
@@ -173,8 +173,6 @@ def format_by_type(infos: list[TensorInfo]) -> str:
 
 def q4_1_round_trip(weight: torch.Tensor) -> torch.Tensor:
     """``weight`` quantised to GGUF's Q4_1 (blocks of 32 along each row) and de-quantised, as float32."""
-    import gguf
-    from gguf.quants import dequantize, quantize
 
     if weight.shape[-1] % 32:
         raise ValueError(

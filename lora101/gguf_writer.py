@@ -24,6 +24,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import gguf
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -45,7 +46,6 @@ def write_gguf(
     ``source_gguf`` is the base model's own GGUF (the bundled file); its architecture must be ``llama``
     (SmolLM2, Llama, Mistral-style models). Returns ``path``.
     """
-    import gguf
 
     if gguf_type not in TYPES:
         raise ValueError(f"--gguf-type: {gguf_type!r} is not one of {', '.join(TYPES)}")
@@ -75,7 +75,6 @@ def named_tensors(model) -> Iterator[tuple[str, np.ndarray]]:
     Names follow gguf's own map (``gguf.get_tensor_name_map``): ``model.layers.3.self_attn.q_proj.weight``
     is ``blk.3.attn_q.weight``. A tied ``lm_head`` is the embedding and is not written twice.
     """
-    import gguf
 
     config = model.config
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
@@ -106,7 +105,6 @@ def permute_rotary(weight: np.ndarray, n_head: int) -> np.ndarray:
 
 def _encode(weight: np.ndarray, qtype) -> tuple[np.ndarray, dict]:
     """The array to store and add_tensor's keywords: 1-D tensors in F32, the rest in ``qtype``."""
-    import gguf
 
     if weight.ndim == 1:
         return weight.astype(np.float32), {}
@@ -117,7 +115,6 @@ def _encode(weight: np.ndarray, qtype) -> tuple[np.ndarray, dict]:
 
 def _copy_metadata(reader, writer, file_type) -> None:
     """Every key of the source GGUF but those the writer sets itself; ``general.file_type`` set to ``file_type``."""
-    import gguf
 
     skip = {gguf.Keys.General.ARCHITECTURE, gguf.Keys.General.FILE_TYPE}
     for field in reader.fields.values():

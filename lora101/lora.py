@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 __all__ = [
@@ -489,7 +490,6 @@ def save_peft_adapter(
     must share r, alpha, dropout and rsLoRA (one PEFT config). Refuses to replace an existing adapter in
     ``folder`` unless ``overwrite=True``. Returns the folder.
     """
-    from safetensors.torch import save_file
 
     layers = lora_layers(model)
     if not layers:
@@ -557,7 +557,6 @@ _PEFT_UNSUPPORTED = {
 
 def _read_peft_folder(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     """(adapter_config.json as a dict, the tensors of adapter_model.safetensors); errors name the file."""
-    from safetensors.torch import load_file
 
     config_file, weights_file = folder / "adapter_config.json", folder / "adapter_model.safetensors"
     if not folder.is_dir():

@@ -21,6 +21,7 @@ during the optimizer step, and the KV cache (inference only).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 
@@ -465,7 +466,6 @@ def peak_rss_bytes() -> int:
         import resource
     except ImportError:  # Windows
         return 0
-    import sys
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)  # Linux reports KiB, macOS bytes

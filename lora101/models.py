@@ -32,10 +32,12 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from math import prod
 from pathlib import Path
 from typing import Literal
 
 import torch
+from safetensors import safe_open
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 MANIFEST = "lora101-manifest.json"
@@ -470,9 +472,6 @@ def model_info(name: str = DEFAULT_MODEL) -> dict:
 
 def _count_safetensors_parameters(folder: Path) -> int:
     """Parameters stored in a folder's safetensors files, read from their headers (no tensors loaded)."""
-    from math import prod
-
-    from safetensors import safe_open
 
     total = 0
     for path in sorted(folder.glob("*.safetensors")):

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import io
+
+import numpy as np
+
+from lora101.memory import GPU_SIZES_GB
+from lora101.sweep_stats import by_setting, spread
+
 # ---- lessons 1-3 (memory budget, LoRA layer, LoRA on a model) ----------------------------------
 
 
@@ -12,8 +19,6 @@ def plot_memory_budget(budgets: dict, gpus: dict[str, float] | None = None, titl
     ``lora101.memory.GPU_SIZES_GB``). Returns the Figure.
     """
     import matplotlib.pyplot as plt
-
-    from lora101.memory import GPU_SIZES_GB
 
     gpus = GPU_SIZES_GB if gpus is None else gpus
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7, 4), dpi=80)
@@ -99,7 +104,6 @@ def plot_codebook_over_histogram(scaled, codes: dict, title: str = "", ax=None):
     """Histogram of block-scaled weights (each divided by its block's absmax, so in [-1, 1]) with the code
     values of each codebook drawn as ticks below it. ``scaled``: 1-D tensor/array; ``codes``: label -> (16,)."""
     import matplotlib.pyplot as plt
-    import numpy as np
 
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(8, 3.8), dpi=80)
     values = np.asarray(scaled, dtype=np.float64).reshape(-1)
@@ -129,7 +133,6 @@ def plot_codebook_over_histogram(scaled, codes: dict, title: str = "", ax=None):
 def plot_error_by_layer_type(errors: dict, metric: str = "RMSE", title: str = "", ax=None):
     """Grouped bars: ``errors[layer_type][code_type]`` -> a number (e.g. RMSE relative to the weights' std)."""
     import matplotlib.pyplot as plt
-    import numpy as np
 
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(8, 3.5), dpi=80)
     layer_types = list(errors)
@@ -154,7 +157,6 @@ def plot_error_by_layer_type(errors: dict, metric: str = "RMSE", title: str = ""
 def plot_code_usage(counts: dict, title: str = "", ax=None):
     """How often each of the 16 codes is used, one panel per code type; ``counts``: label -> ((16,), entropy)."""
     import matplotlib.pyplot as plt
-    import numpy as np
 
     if ax is None:
         fig, axes = plt.subplots(1, len(counts), figsize=(3.2 * len(counts), 2.8), dpi=80, sharey=True)
@@ -176,7 +178,6 @@ def plot_code_usage(counts: dict, title: str = "", ax=None):
 def figure_image(fig, dpi: int = 80):
     """``fig`` as an IPython PNG ``Image``, and ``fig`` closed: the same output whatever matplotlib backend
     the kernel runs (inline or Agg), and never drawn a second time by the inline backend."""
-    import io
 
     import matplotlib.pyplot as plt
     from IPython.display import Image
@@ -201,7 +202,6 @@ def display_figure(fig, dpi: int = 80) -> None:
 
 def _spreads(runs, metric: str):
     """(setting names, their Spreads of ``metric``) for ``runs`` grouped by setting (lora101.sweep_stats)."""
-    from lora101.sweep_stats import by_setting, spread
 
     settings = by_setting(runs)
     return list(settings), [spread(group, metric) for group in settings.values()]
@@ -226,8 +226,6 @@ def plot_rank_sweep(runs, title: str = "", ax=None):
     ``runs``: results-file runs of one rank sweep (``lora101.sweep.runs_in(doc, "rank")``), one or more seeds.
     """
     import matplotlib.pyplot as plt
-
-    from lora101.sweep_stats import by_setting
 
     runs = sorted(runs, key=lambda r: r["rank"])
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7, 3.6), dpi=80)
@@ -261,7 +259,6 @@ def plot_sweep_bars(runs, title: str = "", ax=None):
     """Horizontal bars per setting: held-out exact match and token accuracy side by side (labels: run names);
     with several seeds, each bar is the mean, with the range over the seeds and a dot per seed."""
     import matplotlib.pyplot as plt
-    import numpy as np
 
     names, exact = _spreads(runs, "exact_match")
     tokens = _spreads(runs, "token_accuracy")[1]
@@ -292,9 +289,6 @@ def plot_training_losses(runs, title: str = "", ax=None):
     """The training loss of each setting against the optimizer step (log scale: a diverging run stands out);
     with several seeds, the mean curve and a band from the lowest to the highest seed at each step."""
     import matplotlib.pyplot as plt
-    import numpy as np
-
-    from lora101.sweep_stats import by_setting
 
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7, 3.4), dpi=80)
     for i, (name, group) in enumerate(by_setting(runs).items()):
@@ -355,7 +349,6 @@ def plot_memory_at_scale(runs, title: str = "", ax=None):
     measured peak less what the process held before the model was built (Python, PyTorch, libraries: a cost
     the prediction leaves out), in GiB."""
     import matplotlib.pyplot as plt
-    import numpy as np
 
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7, 3.2), dpi=80)
     x = np.arange(len(runs))

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from lora101 import nf4
+from lora101.decision import decide
+from lora101.memory import PRESETS, estimate_memory
+from lora101.plots import plot_memory_budget
+
 # ---- lesson 1: the memory budget -----------------------------------------------------------------
 
 
@@ -10,9 +15,6 @@ def memory_budget_explorer(default_model: str = "Llama-2-7B"):
     full FT / LoRA / QLoRA budgets (``lora101.memory.estimate_memory``) as bars against common GPU sizes."""
     import ipywidgets as w
     import matplotlib.pyplot as plt
-
-    from lora101.memory import PRESETS, estimate_memory
-    from lora101.plots import plot_memory_budget
 
     def show(model, r, precision, optimizer, batch_size, seq_len, gradient_checkpointing, targets):
         settings = dict(
@@ -53,8 +55,6 @@ def quantization_explorer(weights: dict):
     import ipywidgets as w
     import matplotlib.pyplot as plt
 
-    from lora101 import nf4
-
     def show(layer, code_type, blocksize, double_quant):
         weight = weights[layer].float()
         state = nf4.quantize_4bit(weight, code_type, blocksize, double_quant)
@@ -94,8 +94,6 @@ def decision_explorer():
     """The decision path of lesson 6 (``lora101.decision.decide``) with a control for every question it asks;
     prints the questions walked and the route. Memory comes from lesson 1's predictor."""
     import ipywidgets as w
-
-    from lora101.decision import decide
 
     def show(
         n_params_b,

@@ -10,11 +10,13 @@ becomes ``lora101 bench MODULE``.
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 import pkgutil
 import sys
 from pathlib import Path
 
+from lora101 import bench
 from lora101.errors import ConfigError, UsageError
 
 # Modules that add a top-level command (each with a ``register(subparsers)`` function).
@@ -37,9 +39,6 @@ def _benchmark_names() -> dict[str, str]:
 
     Importing a benchmark pulls in peft, bitsandbytes and friends: only the one that runs is imported.
     """
-    import ast
-
-    from lora101 import bench
 
     names = {}
     for info in sorted(pkgutil.iter_modules(bench.__path__), key=lambda m: m.name):

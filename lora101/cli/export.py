@@ -19,13 +19,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from lora101.export import FORMATS, ExportError, export_adapter, gguf_file_name
+from lora101.models import DEFAULT_MODEL
+
 CLI_GGUF_TYPES = ("f16", "q8_0")
 
 
 def register(subparsers) -> None:
     """Add the ``export`` command to the ``lora101`` parser."""
-    from lora101.export import FORMATS
-    from lora101.models import DEFAULT_MODEL
 
     p = subparsers.add_parser(
         "export",
@@ -49,7 +50,6 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     """Export; 0 on success, 2 with one line on stderr for bad input."""
-    from lora101.export import ExportError, export_adapter, gguf_file_name
 
     try:
         if args.format == "gguf" and args.gguf_type not in CLI_GGUF_TYPES:

@@ -16,6 +16,8 @@ import shutil
 import warnings
 from pathlib import Path
 
+from lora101.grading.merge import db_url
+
 STATUS = "status"
 LOG_TAIL_LINES = 15
 ERROR_LINE = re.compile(r"^\s*[\w.]*(Error|Exception|Interrupt)\b.*:")
@@ -122,8 +124,6 @@ def _fix_hand_grading(out: Path, student: str, assignment: str) -> list[str]:
     """After autograde: a blank written answer waits for a hand grade (not a silent 0), and a hand grade
     given before a regrade stays final (nbgrader would ask for it again). Returns review reasons."""
     from nbgrader.api import Gradebook
-
-    from lora101.grading.merge import db_url
 
     review = []
     blank = _blank_answers(out, student, assignment)

@@ -19,6 +19,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from lora101.grading.config import Options, api_for
 from lora101.grading.merge import merge_folder, submissions_in
 from lora101.grading.one import grade_one, write_status
@@ -72,7 +74,6 @@ def _run_pool(out: Path, items: list, jobs: int, options: Options, log) -> tuple
     """Grade ``items`` in a pool of ``jobs`` workers; returns (worker folder -> graded pairs, items whose
     worker died). A worker that dies (killed, out of memory) breaks the pool: what it was grading and
     what was still queued come back to be tried again."""
-    from tqdm.auto import tqdm
 
     # spawn, not fork: the parent has nbgrader, zmq and SQLAlchemy loaded, none of them safe to fork.
     context = multiprocessing.get_context("spawn")

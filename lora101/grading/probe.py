@@ -15,9 +15,11 @@ needed. The sandbox (``lora101.grading.sandbox``) is what protects the grades of
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import re
+import sys
 
 EXPRESSION = "__import__('lora101.grading.probe', fromlist=['fingerprint']).fingerprint()"
 BUILTINS = (
@@ -69,8 +71,6 @@ def _name(obj) -> str:
 
 
 def _ipython_part(ip) -> dict:
-    import sys
-
     if ip is None:
         return {}
     manager = ip.input_transformer_manager
@@ -88,8 +88,6 @@ def _ipython_part(ip) -> dict:
 
 
 def _checks_code() -> dict:
-    import sys
-
     checks = sys.modules.get("lora101.checks")
     if checks is None:
         return {}
@@ -102,8 +100,6 @@ def _checks_code() -> dict:
 
 def fingerprint() -> str:
     """A JSON summary of what a test cell relies on (see the module's docstring)."""
-    import builtins
-    import sys
 
     try:
         from IPython import get_ipython

@@ -16,6 +16,7 @@ off), or ``None``; ``lora101 grade`` then refuses unless told ``--unsandboxed``.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -30,6 +31,8 @@ from traitlets import Dict
 
 import lora101
 from lora101.grading.jail import LAUNCH, NOBODY
+from lora101.models import cache_root as models_cache_root
+from lora101.models import make_readable
 
 HOME = "/home/student"
 # The only files of /etc a Python kernel reads: the dynamic linker's cache and the time zone.
@@ -96,7 +99,6 @@ def _python_paths() -> list[str]:
 def cache_root() -> Path:
     """The converted base model's cache (``lora101.models.cache_root``, imported here only when called:
     ``lora101.models`` imports transformers, which ``lora101 --help`` should not wait for)."""
-    from lora101.models import cache_root as models_cache_root
 
     return models_cache_root()
 
@@ -117,8 +119,6 @@ def open_model_cache() -> None:
     """As root, let the sandbox (which runs as nobody) read the model cache: caches converted before
     ``lora101.models.make_readable`` existed were private. Once per grading run, not per kernel."""
     if os.geteuid() == 0 and cache_root().is_dir():
-        from lora101.models import make_readable
-
         make_readable(cache_root())
 
 
@@ -176,8 +176,6 @@ class SandboxKernelManager(AsyncKernelManager):
         )
 
     def format_kernel_cmd(self, extra_arguments=None) -> list[str]:
-        import json
-
         kernel = super().format_kernel_cmd(extra_arguments)
         return [sys.executable, "-c", LAUNCH, json.dumps(self.sandbox_spec()), "--", *kernel]
 
