@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 
 from lora101 import distributed
 from lora101.data import collator, next_token_labels
 from lora101.finetune.config import FinetuneConfig
 from lora101.models import choose_device, has_native_bf16
+from lora101.plots import figure_image, loss_curve
 
 
 class _LossRecorder:
@@ -57,8 +59,6 @@ class _LossRecorder:
 def live_loss_plot(total_steps: int):
     """A ``TrainerCallback`` that redraws the loss curve in a notebook each time the Trainer logs."""
     from transformers import TrainerCallback
-
-    from lora101.plots import figure_image, loss_curve
 
     class LiveLossPlot(TrainerCallback):
         def __init__(self) -> None:
@@ -320,7 +320,6 @@ def checkpoint_problem(folder: str | os.PathLike) -> str | None:
     Reads the trainer state, the safetensors headers (which must cover the whole file) and the central
     directory at the end of each ``torch.save`` archive: a write cut short leaves one of them incomplete.
     """
-    from safetensors import safe_open
 
     folder = Path(folder)
     try:
