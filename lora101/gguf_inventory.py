@@ -63,8 +63,6 @@ def gguf_path(model: str | Path = DEFAULT_MODEL) -> Path:
 
 
 def _reader(model: str | Path):
-    import gguf  # the GGUF reader that transformers uses too
-
     return gguf.GGUFReader(str(gguf_path(model)))
 
 

@@ -17,6 +17,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from lora101.memory import BYTES, ModelShape, estimate_memory
 from lora101.models import has_native_bf16
 
@@ -136,8 +138,6 @@ def choose_model(memory_bytes: float, native_bf16: bool, *, allow_gated: bool = 
 
 def gpu_memory(device=None) -> tuple[int, bool] | None:
     """(total memory in bytes, native bf16) of the CUDA GPU ``device`` (default: the current one), or None."""
-    import torch
-
     if not torch.cuda.is_available():
         return None
     dev = torch.device(device if device is not None else "cuda")

@@ -19,12 +19,14 @@ from __future__ import annotations
 import argparse
 
 import torch
+from safetensors import safe_open
 
 import lora101  # noqa: F401  (before bitsandbytes: silences its CPU kernel warning)
 from lora101 import nf4
 from lora101.bench import _options
 from lora101.bench.timing import median_times
 from lora101.errors import OptionError
+from lora101.models import prepare_model
 
 SMOLLM2_LAYERS = 30  # decoder blocks of SmolLM2-135M, the model whose weights the error table reads
 LAYER_TYPES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -45,10 +47,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def smollm2_weights(layers: list[int]) -> dict[str, torch.Tensor]:
     """{parameter name: float32 weight} for the attention and MLP projections of the given layers."""
-    from safetensors import safe_open
-
-    from lora101.models import prepare_model
-
     path = prepare_model(quiet=True) / "model.safetensors"
     out = {}
     with safe_open(str(path), "pt") as f:

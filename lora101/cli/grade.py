@@ -12,6 +12,7 @@ from pathlib import Path
 from lora101 import grading
 from lora101.grading import CELL_TIMEOUT_S, COURSE_DIR, grade, grade_merge
 from lora101.grading.config import SUBMISSION_BUDGET_S, Options
+from lora101.grading.parallel import parse_shard
 from lora101.grading.sandbox import SandboxLimits
 
 
@@ -90,8 +91,6 @@ def _add_limits(p: argparse.ArgumentParser) -> None:
 
 
 def _shard(text: str) -> tuple[int, int]:
-    from lora101.grading.parallel import parse_shard
-
     try:
         return parse_shard(text)
     except ValueError as err:

@@ -35,7 +35,7 @@ DEFAULT_OPTIONS = Options()
 def robust_execute():
     """The ``RobustExecute`` preprocessor class (``lora101.grading.execute``), imported on first use:
     importing nbgrader takes a second, and ``lora101 --help`` should not pay for it."""
-    from lora101.grading.execute import RobustExecute
+    from lora101.grading.execute import RobustExecute  # imports nbgrader: see the docstring
 
     return RobustExecute
 
@@ -101,7 +101,7 @@ def grading_config(
 
 
 def _use_sandbox(c, limits: dict | None) -> None:
-    from lora101.grading.sandbox import SandboxKernelManager
+    from lora101.grading.sandbox import SandboxKernelManager  # imports jupyter_client, the instructor's extra
 
     c.RobustExecute.kernel_manager_class = SandboxKernelManager
     if limits:
