@@ -4,10 +4,10 @@ Every run trains SmolLM2 on the contract -> JSON task of :mod:`lora101.data` for
 with the transformers ``Trainer`` (through :func:`lora101.finetune.train`), then scores the held-out
 test split. A run is one :class:`Run` (what changes) under one :class:`Settings` (what stays fixed).
 
-Each run executes in a fresh Python process, so that its peak memory is its own and a crash in one
-run cannot poison the next; the parent streams the child's step events into one tqdm bar and writes
-every measured number into a JSON results file (:func:`run_sweep`), together with the machine, the
-library versions and the settings. The file is never overwritten unless ``force=True``.
+Each run executes in a fresh Python process (:mod:`lora101.fresh_process`), so that its peak memory is its
+own and a crash in one run cannot poison the next; the parent streams the child's step events into one tqdm
+bar and writes every measured number into a JSON results file (:func:`run_sweep`), together with the
+machine, the library versions and the settings. The file is never overwritten unless ``force=True``.
 
 How a run is scored: :func:`lora101.evaluate.teacher_forced` on the held-out test split, one forward pass
 per batch instead of a generation loop (about 50x cheaper on a CPU, which is what makes a sweep affordable
@@ -21,9 +21,6 @@ import json
 import os
 import platform
 import random
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
@@ -34,6 +31,7 @@ from typing import Any
 import torch
 
 from lora101 import finetune as ft
+from lora101 import fresh_process
 from lora101.data import task_examples, tokenize_examples
 from lora101.doctor import installed_versions
 from lora101.errors import ConfigError, OptionError
@@ -53,6 +51,10 @@ RANKS: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
 ALPHAS: tuple[int, ...] = (2, 8, 32, 128, 512)
 QV = "q_proj,v_proj"
 HELD_OUT_SEED = 0  # every run of every sweep is scored on the same held-out examples, whatever its seed
+# Set in each run's process (lora101.fresh_process): tokenizers runs no thread pool of its own (its threads would
+# compete with torch's, which Settings.threads sets, and it warns when a process forks after using them), and
+# Python's warnings are off (the libraries' notices would fill the stderr that a failed run shows the end of).
+RUN_ENVIRONMENT = {"TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
 
 
 @dataclass(frozen=True)
@@ -307,7 +309,6 @@ def run_one(
     settings: Settings,
     seed: int = 0,
     on_step: Callable[[int], None] | None = None,
-    workdir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Train and score one run at one ``seed`` in this process; returns every number it measured.
 
@@ -378,18 +379,11 @@ def _step_callback(on_step: Callable[[int], None]):
     return StepEvents()
 
 
-def _worker(spec: str) -> int:
-    """Entry point of a run's process: ``python -m lora101.sweep '{"run": ..., "settings": ...}'``."""
-    payload = json.loads(spec)
-    run = Run(**{**payload["run"], "groups": tuple(payload["run"]["groups"])})
-    settings = Settings(**payload["settings"])
-
-    def on_step(step: int) -> None:
-        print("STEP " + json.dumps(step), flush=True)
-
-    result = run_one(run, settings, payload["seed"], on_step, payload.get("workdir"))
-    print("RESULT " + json.dumps(result), flush=True)
-    return 0
+def run_from_spec(spec: dict[str, Any], emit: Callable[[int], None]) -> dict[str, Any]:
+    """One run in its own process (:func:`lora101.fresh_process.run`, as :func:`run_sweep` starts it): ``spec``
+    holds the :class:`Run`, the :class:`Settings` and the seed; each optimizer step is emitted as its number."""
+    run = Run(**{**spec["run"], "groups": tuple(spec["run"]["groups"])})
+    return run_one(run, Settings(**spec["settings"]), spec["seed"], emit)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -455,31 +449,6 @@ def check_output_path(path: str | os.PathLike, force: bool = False) -> Path:
             "--output", f"{path} already exists; choose another name or pass --force to replace it"
         )
     return path
-
-
-def _run_in_process(
-    run: Run, settings: Settings, seed: int, on_step: Callable[[int], None]
-) -> dict[str, Any]:
-    """Run ``run`` at ``seed`` in a fresh Python process, forwarding its step events; returns its result."""
-    payload = json.dumps({"run": asdict(run), "settings": asdict(settings), "seed": seed})
-    cmd = [sys.executable, "-m", "lora101.sweep", payload]
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
-    with tempfile.TemporaryFile(mode="w+") as errors:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errors, text=True, env=env)
-        result = None
-        for line in proc.stdout:
-            if line.startswith("STEP "):
-                on_step(int(json.loads(line[5:])))
-            elif line.startswith("RESULT "):
-                result = json.loads(line[7:])
-        proc.wait()
-        if proc.returncode != 0 or result is None:
-            errors.seek(0)
-            tail = errors.read()[-4000:]
-            raise RuntimeError(
-                f"run {run.name!r} (seed {seed}) failed (exit status {proc.returncode}):\n{tail}"
-            )
-    return result
 
 
 def _new_document(settings: Settings, command: str | None) -> dict[str, Any]:
@@ -580,7 +549,13 @@ def _run_all(
                 done = step
 
             start = time.perf_counter()
-            result = _run_in_process(run, settings, seed, on_step)
+            result = fresh_process.run(
+                "lora101.sweep:run_from_spec",
+                {"run": asdict(run), "settings": asdict(settings), "seed": seed},
+                label=f"run {run.name!r} (seed {seed})",
+                on_event=on_step,
+                env=RUN_ENVIRONMENT,
+            )
             result["process_wall_s"] = time.perf_counter() - start
             bar.update(1)  # the evaluation
             doc["runs"].append({**asdict(run), "seed": seed, "groups": list(run.groups), "result": result})
@@ -694,7 +669,3 @@ def _spread_table(settings: dict[str, list[dict[str, Any]]], timing: bool) -> st
             line += f" {tps:>8} {spread(runs, 'peak_memory_bytes').high / 2**20:>8.0f}"
         lines.append(line)
     return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    sys.exit(_worker(sys.argv[1]))

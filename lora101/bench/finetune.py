@@ -1,8 +1,8 @@
 """QLoRA vs LoRA vs a plain transformers + PEFT script: tokens/s and peak memory of the same training job.
 
-Each variant runs in a fresh Python process, so that its peak memory is its own: on CUDA
-``torch.cuda.max_memory_allocated``, on the CPU the process's peak resident set (VmHWM on Linux, which
-also counts Python, torch and the libraries: the same fixed cost in every row).
+Each variant runs in a fresh Python process (lora101.fresh_process), so that its peak memory is its
+own: on CUDA ``torch.cuda.max_memory_allocated``, on the CPU the process's peak resident set (VmHWM on
+Linux, which also counts Python, torch and the libraries: the same fixed cost in every row).
 
 * ``qlora``    - lora101.finetune with the base in 4-bit NF4 (+ double quantisation);
 * ``lora``     - lora101.finetune with a 16-bit base (fp32 on a CPU or a pre-Ampere GPU, which have no native
@@ -19,10 +19,14 @@ import json
 import tempfile
 import time
 
+import torch
+
 from lora101 import finetune as ft
-from lora101.bench._worker import run_worker
+from lora101 import fresh_process
 from lora101.data import task_examples
 from lora101.errors import OptionError
+from lora101.memory import peak_memory_bytes
+from lora101.models import DEFAULT_MODEL, choose_device, compute_dtype_for, load_tokenizer, resolve_model
 from lora101.tasks import contracts
 
 VARIANTS = ("qlora", "lora", "baseline")
@@ -44,7 +48,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ", ".join(VARIANTS)
     )
     parser.add_argument("--json", action="store_true", help="print the rows as JSON as well")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
 
 
 def _dataset(tokenizer, n: int):
@@ -61,13 +64,8 @@ def _measure(trainer, dataset, steps: int, batch_size: int) -> tuple[float, int]
     return wall, sum(lengths[: steps * batch_size])
 
 
-def _worker(spec: dict) -> dict:
-    import torch
-
-    import lora101  # noqa: F401  (silences bitsandbytes' CPU notice before it is imported)
-    from lora101.memory import peak_memory_bytes
-    from lora101.models import DEFAULT_MODEL, choose_device, load_tokenizer
-
+def measure(spec: dict) -> dict:
+    """One variant's row, measured in this process (``run`` starts a fresh one for each: see the docstring)."""
     kind, steps, bs = spec["kind"], spec["steps"], spec["batch_size"]
     model_name = spec.get("model") or DEFAULT_MODEL
     tok = load_tokenizer(model_name)
@@ -118,8 +116,6 @@ def _plain_script(spec: dict, model_name: str, tok, ds, device) -> tuple[float, 
         TrainingArguments,
     )
 
-    from lora101.models import compute_dtype_for, resolve_model
-
     cuda = device.type == "cuda"
     quant = BitsAndBytesConfig(
         load_in_4bit=True,
@@ -163,9 +159,6 @@ def _plain_script(spec: dict, model_name: str, tok, ds, device) -> tuple[float, 
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.worker:
-        print("RESULT " + json.dumps(_worker(json.loads(args.worker))), flush=True)
-        return 0
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
@@ -187,7 +180,9 @@ def run(args: argparse.Namespace) -> int:
                 alpha=args.alpha,
                 tmp=tmp,
             )
-            rows.append(run_worker("finetune", spec, kind))
+            rows.append(
+                fresh_process.run("lora101.bench.finetune:measure", spec, label=f"bench finetune {kind}")
+            )
     _print_table(rows)
     if args.json:
         print(json.dumps(rows, indent=2))

@@ -3,12 +3,11 @@
 The models are Llama-shaped with random weights (speed and memory do not need trained ones): ``1.1b`` has
 TinyLlama-1.1B's shapes (1.10B parameters; full fine-tuning fits a 24 GB CPU machine), ``1b`` Llama-3.2-1B's
 (1.24B), ``8b`` Llama-3.1-8B's (8.03B), ``tiny`` is for tests. The seed is fixed, so a re-run builds the same
-weights and trains on the same tokens. Each
-(size, method) runs in a fresh process, so that its peak memory is its own: on CUDA
-``torch.cuda.max_memory_allocated``, on a CPU the process's peak resident set (VmHWM), both reset once the
-model is built, so that they count the training step and not the construction. The base is built layer by
-layer (QLoRA's linear layers are quantised to NF4 one at a time) so that building never needs the whole
-16-bit model at once.
+weights and trains on the same tokens. Each (size, method) runs in a fresh process
+(lora101.fresh_process), so that its peak memory is its own: on CUDA ``torch.cuda.max_memory_allocated``,
+on a CPU the process's peak resident set (VmHWM), both reset once the model is built, so that they count the
+training step and not the construction. The base is built layer by layer (QLoRA's linear layers are quantised
+to NF4 one at a time) so that building never needs the whole 16-bit model at once.
 
 * ``full``  - every weight trained with AdamW, in bf16 where the device computes in bf16 natively
   (Ampere+ GPUs), in fp32 elsewhere (CPUs, T4, V100);
@@ -29,7 +28,7 @@ Examples:
 
 from __future__ import annotations
 
-# transformers, peft and bitsandbytes are imported where a worker needs them: lessons import this module for
+# transformers, peft and bitsandbytes are imported where a measurement needs them: lessons import this module for
 # its stored results (load_stored), which need none of them.
 import argparse
 import json
@@ -40,8 +39,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from lora101 import fresh_process
 from lora101.bench import _options
-from lora101.bench._worker import run_worker
 from lora101.colab import stored_results
 from lora101.doctor import installed_versions
 from lora101.errors import OptionError
@@ -116,7 +115,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--output", help="results file to write (.json); never replaced without --force")
     parser.add_argument("--force", action="store_true", help="replace an existing results file")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
 
 
 def _choices(text: str, allowed, option: str) -> list[str]:
@@ -260,8 +258,8 @@ def _train_steps(model, optimizer, spec: dict, config, device, native: bool) -> 
     return loss, time.perf_counter() - start
 
 
-def _worker(spec: dict) -> dict:
-
+def measure(spec: dict) -> dict:
+    """One (size, method) row, measured in this process (``run`` starts a fresh one for each: see the docstring)."""
     device = choose_device(spec["device"])
     native = has_native_bf16(device)
     dtype = torch.bfloat16 if native else torch.float32
@@ -329,9 +327,6 @@ def _check_options(args: argparse.Namespace) -> tuple[list[str], list[str]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.worker:
-        print("RESULT " + json.dumps(_worker(json.loads(args.worker))), flush=True)
-        return 0
     sizes, methods = _check_options(args)
     output = None
     if args.output:
@@ -349,7 +344,9 @@ def run(args: argparse.Namespace) -> int:
             checkpointing=not args.no_checkpointing,
             device=args.device,
         )
-        rows.append(run_worker("scale", spec, f"{size}/{method}"))
+        rows.append(
+            fresh_process.run("lora101.bench.scale:measure", spec, label=f"bench scale {size}/{method}")
+        )
     print(table(rows))
     if output is not None:
         output.write_text(json.dumps(results_document(args, rows), indent=2) + "\n")

@@ -218,8 +218,9 @@ def test_teacher_forced_exact_match_is_greedy_decoding(base_model_dir):
 
 
 @pytest.mark.slow
-def test_tiny_real_sweep_writes_a_well_formed_results_file(base_model_dir, tmp_path, capsys):
+def test_tiny_real_sweep_writes_a_well_formed_results_file(base_model_dir, tmp_path, capsys, monkeypatch):
     out = tmp_path / "tiny.json"
+    events = _record_the_runs_events(monkeypatch)
     argv = [
         "sweep",
         "--output",
@@ -256,6 +257,7 @@ def test_tiny_real_sweep_writes_a_well_formed_results_file(base_model_dir, tmp_p
     assert res["eval"]["n"] == 3 and 0 <= res["eval"]["token_accuracy"] <= 1 and res["eval"]["test_loss"] > 0
     assert res["peak_memory_bytes"] > res["rss_before_model_bytes"] > 0 and res["threads"] == 1
     assert not (tmp_path / "tiny.json.partial").exists()
+    assert events == [1, 2], "each optimizer step reaches the parent as an event while the run's process runs"
     printed = capsys.readouterr().out
     assert "LoRA r=2" in printed and f"written {out}" in printed
     import matplotlib
@@ -275,6 +277,23 @@ def test_tiny_real_sweep_writes_a_well_formed_results_file(base_model_dir, tmp_p
     assert main(argv) == 2  # a second run refuses to replace the results
     assert out.read_text() == before
     _resume_a_stopped_two_seed_sweep(doc, argv, out, capsys)
+
+
+def _record_the_runs_events(monkeypatch) -> list:
+    """The events the sweep's run processes send (lora101.fresh_process), as the parent receives them."""
+    from lora101 import fresh_process
+
+    events, real = [], fresh_process.run
+
+    def recording(function_path, spec, *, on_event, **kwargs):
+        def both(event):
+            events.append(event)
+            on_event(event)
+
+        return real(function_path, spec, on_event=both, **kwargs)
+
+    monkeypatch.setattr(fresh_process, "run", recording)
+    return events
 
 
 def _resume_a_stopped_two_seed_sweep(one_seed, argv, out, capsys):
