@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from lora101 import finetune as ft
 from lora101 import fresh_process
@@ -534,8 +535,6 @@ def _run_all(
     todo: list[tuple[int, Run]], settings: Settings, doc: dict, partial: Path | None, progress: bool
 ):
     """Run each (seed, run) of ``todo`` in its own process, appending its record to ``doc["runs"]``."""
-    from tqdm.auto import tqdm
-
     total = sum(settings.steps if r.method != "none" else 0 for _, r in todo) + len(todo)
     bar = tqdm(total=total, desc="sweep", unit="step", disable=not progress)
     try:
