@@ -83,3 +83,57 @@ def _is_package_reexport(circle: str) -> bool:
     """A package's ``__init__`` re-exporting its own modules is not a circle."""
     a, b = circle.split(" <-> ")
     return b.startswith(a + ".") or a.startswith(b + ".")
+
+
+# Libraries imported inside the functions that use them, and why: everything else is imported at the top of
+# the module. (Seconds measured on the 2-core CI machine, over `import torch`.)
+IMPORTED_WHERE_USED = {
+    "transformers": "about 0.5 s: lesson 2's `import lora101.lora` and `lora101 --help` do without it",
+    "peft": "about 3.5 s",
+    "bitsandbytes": "about 2.3 s, and a notice on a CPU-only machine",
+    "accelerate": "only training on several processes needs it",
+    "datasets": "about 0.6 s, only a fine-tune's data needs it",
+    "matplotlib": "chooses its backend when imported: a plot imports it where it draws",
+    "IPython": "only in a notebook",
+    "ipywidgets": "only in a notebook",
+    "nbgrader": "the instructor's extra (about 2.3 s): the lessons and `lora101 --help` run without it",
+    "nbconvert": "comes with nbgrader",
+    "nbformat": "comes with nbgrader",
+    "traitlets": "comes with nbgrader's configuration",
+    "sqlalchemy": "comes with nbgrader's gradebook",
+    "jupyter_client": "comes with nbgrader",
+}
+
+
+def _function_imports(tree: ast.AST):
+    """(import node, the nodes around it) for every import inside a function."""
+
+    def walk(node, around, in_function):
+        for child in ast.iter_child_nodes(node):
+            inside = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef))
+            if in_function and isinstance(child, (ast.Import, ast.ImportFrom)):
+                yield child, around
+            yield from walk(child, [*around, child], inside)
+
+    yield from walk(tree, [], False)
+
+
+def test_imports_sit_at_the_top_unless_a_reason_is_given():
+    """An import inside a function is one of IMPORTED_WHERE_USED, or one whose failure is handled (an optional
+    or platform module, in a ``try``), or carries its reason in a comment on its line."""
+    unexplained = []
+    for path in _sources():
+        source = path.read_text()
+        lines = source.splitlines()
+        for node, around in _function_imports(ast.parse(source, filename=str(path))):
+            name = node.module if isinstance(node, ast.ImportFrom) else node.names[0].name
+            if (
+                (name or "").split(".")[0] in IMPORTED_WHERE_USED
+                or any(isinstance(n, ast.Try) for n in around)
+                or "#" in lines[node.lineno - 1]
+            ):
+                continue
+            unexplained.append(
+                f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {lines[node.lineno - 1].strip()}"
+            )
+    assert not unexplained, "move to the module's top, or say why not:\n" + "\n".join(unexplained)
