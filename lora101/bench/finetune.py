@@ -168,6 +168,10 @@ def run(args: argparse.Namespace) -> int:
             raise OptionError(
                 "--" + option.replace("_", "-"), f"must be a positive integer, got {getattr(args, option)}"
             )
+    try:  # before any process starts: a wrong --model would otherwise end in a child's traceback
+        resolve_model(args.model or DEFAULT_MODEL, prepare=False)
+    except ValueError as err:
+        raise OptionError("--model", str(err).removeprefix("name: ")) from None
     rows = []
     for kind in variants:
         with tempfile.TemporaryDirectory() as tmp:

@@ -199,6 +199,10 @@ def test_an_unknown_command_is_an_argparse_error():
     "argv, message",
     [
         (["bench", "finetune", "--variants", "peft"], "lora101 bench finetune: error: --variants: unknown"),
+        (
+            ["bench", "finetune", "--model", "/nope"],
+            "lora101 bench finetune: error: --model: '/nope' is neither",
+        ),
         (["bench", "scale", "--sizes", "2b"], "lora101 bench scale: error: --sizes: ['2b'] not among"),
         (
             ["bench", "scale", "--steps", "0"],
