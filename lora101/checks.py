@@ -3,7 +3,10 @@ that says what is wrong and hints at why.
 
 Test cells in the exercises call these after a fresh reload::
 
-    import importlib, lora101.checks
+    import importlib
+
+    import lora101.checks
+
     checks = importlib.reload(lora101.checks)
 
 Reloading re-runs this module, which (1) replaces any function a learner's cell patched on the module and
