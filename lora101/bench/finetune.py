@@ -66,17 +66,14 @@ def _measure(trainer, dataset, steps: int, batch_size: int) -> tuple[float, int]
 
 def measure(spec: dict) -> dict:
     """One variant's row, measured in this process (``run`` starts a fresh one for each: see the docstring)."""
-    kind, steps, bs = spec["kind"], spec["steps"], spec["batch_size"]
-    model_name = spec.get("model") or DEFAULT_MODEL
-    tok = load_tokenizer(model_name)
-    ds = _dataset(tok, steps * bs)
+    kind, steps = spec["kind"], spec["steps"]
     device = choose_device()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     if kind in ("qlora", "lora"):
-        wall, tokens = _lora101_loop(spec, model_name, tok, ds)
+        wall, tokens = _lora101_loop(spec)
     else:
-        wall, tokens = _plain_script(spec, model_name, tok, ds, device)
+        wall, tokens = _plain_script(spec, device)
     return {
         "variant": kind,
         "steps": steps,
@@ -89,10 +86,10 @@ def measure(spec: dict) -> dict:
     }
 
 
-def _lora101_loop(spec: dict, model_name: str, tok, ds) -> tuple[float, int]:
-    """lora101's own job (``lora101.finetune.run``, no evaluation, nothing kept): seconds and tokens trained."""
-    config = ft.FinetuneConfig(
-        model=model_name,
+def _config(spec: dict) -> ft.FinetuneConfig:
+    """lora101's side of the job as a FinetuneConfig, which checks the options (its errors name the field)."""
+    return ft.FinetuneConfig(
+        model=spec.get("model") or DEFAULT_MODEL,
         precision="nf4" if spec["kind"] == "qlora" else "bf16",
         rank=spec["rank"],
         alpha=spec["alpha"],
@@ -100,12 +97,16 @@ def _lora101_loop(spec: dict, model_name: str, tok, ds) -> tuple[float, int]:
         batch_size=spec["batch_size"],
         save_steps=10**6,
     )
+
+
+def _lora101_loop(spec: dict) -> tuple[float, int]:
+    """lora101's own job (``lora101.finetune.run``, no evaluation, nothing kept): seconds and tokens trained."""
     examples = task_examples(contracts, spec["steps"] * spec["batch_size"], "train", seed=0)  # as _dataset
-    report = ft.run(config, (examples, []), evaluate=False, progress=False)
+    report = ft.run(_config(spec), (examples, []), evaluate=False, progress=False)
     return report.train.wall_s, report.train.tokens
 
 
-def _plain_script(spec: dict, model_name: str, tok, ds, device) -> tuple[float, int]:
+def _plain_script(spec: dict, device) -> tuple[float, int]:
     """What a plain transformers + PEFT script does, written out: seconds and tokens trained."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import (
@@ -115,6 +116,10 @@ def _plain_script(spec: dict, model_name: str, tok, ds, device) -> tuple[float, 
         Trainer,
         TrainingArguments,
     )
+
+    model_name = spec.get("model") or DEFAULT_MODEL
+    tok = load_tokenizer(model_name)
+    ds = _dataset(tok, spec["steps"] * spec["batch_size"])
 
     cuda = device.type == "cuda"
     quant = BitsAndBytesConfig(
@@ -163,29 +168,25 @@ def run(args: argparse.Namespace) -> int:
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         raise OptionError("--variants", f"unknown {unknown}; choose from {VARIANTS}")
-    for option in ("steps", "batch_size", "rank", "alpha"):
-        if getattr(args, option) < 1:
-            raise OptionError(
-                "--" + option.replace("_", "-"), f"must be a positive integer, got {getattr(args, option)}"
-            )
-    try:  # before any process starts: a wrong --model would otherwise end in a child's traceback
-        resolve_model(args.model or DEFAULT_MODEL, prepare=False)
-    except ValueError as err:
-        raise OptionError("--model", str(err).removeprefix("name: ")) from None
+    specs = [
+        dict(
+            kind=kind,
+            model=args.model,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            rank=args.rank,
+            alpha=args.alpha,
+        )
+        for kind in variants
+    ]
+    for spec in specs:  # a bad --model, --rank, ... ends here in one line, before any process starts
+        _config(spec)
     rows = []
-    for kind in variants:
+    for spec in specs:
         with tempfile.TemporaryDirectory() as tmp:
-            spec = dict(
-                kind=kind,
-                model=args.model,
-                steps=args.steps,
-                batch_size=args.batch_size,
-                rank=args.rank,
-                alpha=args.alpha,
-                tmp=tmp,
-            )
+            label = f"bench finetune {spec['kind']}"
             rows.append(
-                fresh_process.run("lora101.bench.finetune:measure", spec, label=f"bench finetune {kind}")
+                fresh_process.run("lora101.bench.finetune:measure", {**spec, "tmp": tmp}, label=label)
             )
     _print_table(rows)
     if args.json:

@@ -201,7 +201,11 @@ def test_an_unknown_command_is_an_argparse_error():
         (["bench", "finetune", "--variants", "peft"], "lora101 bench finetune: error: --variants: unknown"),
         (
             ["bench", "finetune", "--model", "/nope"],
-            "lora101 bench finetune: error: --model: '/nope' is neither",
+            "lora101 bench finetune: error: --model: /nope does not exist; give a bundled name",
+        ),
+        (
+            ["bench", "finetune", "--rank", "0"],
+            "lora101 bench finetune: error: --rank: must be a positive integer",
         ),
         (["bench", "scale", "--sizes", "2b"], "lora101 bench scale: error: --sizes: ['2b'] not among"),
         (
