@@ -100,9 +100,8 @@ def _mergeable_weight(base: nn.Module) -> torch.Tensor | None:
     weight = getattr(base, "weight", None)
     if not isinstance(weight, torch.Tensor) or not weight.dtype.is_floating_point:
         return None
-    if (
-        type(weight).__name__ == "Params4bit"
-    ):  # bitsandbytes packs 4-bit weights into a float-typed storage too
+    # bitsandbytes packs 4-bit weights into a float-typed storage too
+    if type(weight).__name__ == "Params4bit":
         return None
     if tuple(weight.shape) != (base.out_features, base.in_features):
         return None

@@ -98,9 +98,8 @@ def _copy_repaired(path: Path, source: Path, target: Path, who: str, log) -> Non
     import nbformat  # here, not at the top: it takes a while to import and ``lora101 --help`` needs none
 
     try:
-        with (
-            warnings.catch_warnings()
-        ):  # a pasted cell repeats its cell id; nbformat warns, and the ids are mended below
+        # a pasted cell repeats its cell id; nbformat warns, and the ids are mended below
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             nb = nbformat.read(path, as_version=4)
     except Exception as err:  # not JSON, not a notebook: nbgrader will say so; keep the file as it is
