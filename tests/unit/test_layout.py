@@ -86,17 +86,17 @@ def _is_package_reexport(circle: str) -> bool:
 
 
 # Libraries imported inside the functions that use them, and why: everything else is imported at the top of
-# the module. (Seconds measured on the 2-core CI machine, over `import torch`.)
+# the module. (Seconds: `python -c 'import torch, LIB'` minus `import torch`, best of 3, on the 2-core CI machine.)
 IMPORTED_WHERE_USED = {
-    "transformers": "about 0.5 s: lesson 2's `import lora101.lora` and `lora101 --help` do without it",
-    "peft": "about 3.5 s",
-    "bitsandbytes": "about 2.3 s, and a notice on a CPU-only machine",
+    "transformers": "about 0.6 s: lesson 2's `import lora101.lora` and `lora101 --help` do without it",
+    "peft": "about 4 s",
+    "bitsandbytes": "about 2.7 s, and a notice on a CPU-only machine",
     "accelerate": "only training on several processes needs it",
-    "datasets": "about 0.6 s, only a fine-tune's data needs it",
+    "datasets": "about 0.9 s, only a fine-tune's data needs it",
     "matplotlib": "chooses its backend when imported: a plot imports it where it draws",
     "IPython": "only in a notebook",
     "ipywidgets": "only in a notebook",
-    "nbgrader": "the instructor's extra (about 2.3 s): the lessons and `lora101 --help` run without it",
+    "nbgrader": "the instructor's extra (about 2.8 s): the lessons and `lora101 --help` run without it",
     "nbconvert": "comes with nbgrader",
     "nbformat": "comes with nbgrader",
     "traitlets": "comes with nbgrader's configuration",
