@@ -46,34 +46,11 @@ def data(tmp_path_factory):
 
 
 def _args(model, data, out, *extra):
-    return [
-        "finetune",
-        "--model",
-        str(model),
-        "--data",
-        str(data),
-        "--output",
-        str(out),
-        "--steps",
-        str(STEPS),
-        "--batch-size",
-        "2",
-        "--save-steps",
-        "2",
-        "--rank",
-        "4",
-        "--alpha",
-        "16",
-        "--lr",
-        "1e-4",
-        "--eval-fraction",
-        "0.25",
-        "--max-new-tokens",
-        "4",
-        "--device",
-        "cpu",
-        *extra,
-    ]
+    settings = (
+        "--batch-size 2 --save-steps 2 --rank 4 --alpha 16 --lr 1e-4 --eval-fraction 0.25 --max-new-tokens 4"
+    )
+    paths = ["--model", str(model), "--data", str(data), "--output", str(out)]
+    return ["finetune", *paths, "--steps", str(STEPS), *settings.split(), "--device", "cpu", *extra]
 
 
 def _torchrun(args, processes=2):

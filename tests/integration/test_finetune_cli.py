@@ -29,34 +29,9 @@ def _good(tmp_path):
 
 
 def _run(tmp_path, data, *extra, out="out"):
-    return main(
-        [
-            "finetune",
-            "--data",
-            str(data),
-            "--output",
-            str(tmp_path / out),
-            "--steps",
-            "4",
-            "--batch-size",
-            "2",
-            "--save-steps",
-            "2",
-            "--rank",
-            "4",
-            "--alpha",
-            "16",
-            "--lr",
-            "3e-3",
-            "--eval-fraction",
-            "0.25",
-            "--max-new-tokens",
-            "8",
-            "--device",
-            "cpu",
-            *extra,
-        ]
-    )
+    settings = "--steps 4 --batch-size 2 --save-steps 2 --rank 4 --alpha 16 --lr 3e-3 --eval-fraction 0.25"
+    paths = ["--data", str(data), "--output", str(tmp_path / out)]
+    return main(["finetune", *paths, *settings.split(), "--max-new-tokens", "8", "--device", "cpu", *extra])
 
 
 @pytest.mark.parametrize(
